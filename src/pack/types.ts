@@ -1,0 +1,78 @@
+/**
+ * In-memory form of a model pack's mixture parts, as the pack loader produces them and the mixture
+ * compiler consumes them. Weights are float32, row-major, in "math" layout: a projection from
+ * width a to width b is stored [a,b] and applied as x @ W (not PyTorch's [out,in]).
+ */
+
+export type Activation = 'relu' | 'gelu' | 'tanh' | 'identity';
+
+/** A float32 tensor with its shape, row-major. */
+export interface Weight {
+  readonly shape: readonly number[];
+  readonly data: Float32Array;
+}
+
+/**
+ * A bottleneck adapter (Houlsby/Pfeiffer style):
+ *   adapter(h) = act(h @ down + downBias) @ up + upBias
+ *   h' = adapter(h) + (residual ? h : 0)
+ * applied to every token's hidden state.
+ */
+export interface BottleneckAdapter {
+  readonly id: string;
+  readonly group: string;
+  readonly type: 'bottleneck';
+  readonly hiddenSize: number;
+  readonly rank: number;
+  readonly activation: Activation;
+  readonly residual: boolean;
+  readonly down: Weight; // [d,r]
+  readonly downBias: Weight; // [r]
+  readonly up: Weight; // [r,d]
+  readonly upBias: Weight; // [d]
+}
+
+/** logits = pooled @ weight + bias; `experts[j]` names the adapter that column j scores. */
+export interface LinearGate {
+  readonly type: 'linear';
+  readonly experts: readonly string[];
+  readonly weight: Weight; // [d,E]
+  readonly bias: Weight; // [E]
+}
+
+/** logits = act(pooled @ hiddenWeight + hiddenBias) @ outWeight + outBias. */
+export interface MlpGate {
+  readonly type: 'mlp';
+  readonly experts: readonly string[];
+  readonly activation: Activation;
+  readonly hiddenWeight: Weight; // [d,h]
+  readonly hiddenBias: Weight; // [h]
+  readonly outWeight: Weight; // [h,E]
+  readonly outBias: Weight; // [E]
+}
+
+export type Gate = LinearGate | MlpGate;
+
+/** A task head over the mean-pooled final hidden state: logits = pooled @ weight + bias. */
+export interface Head {
+  readonly id: string;
+  readonly labels: readonly string[];
+  readonly weight: Weight; // [d,L]
+  readonly bias: Weight; // [L]
+}
+
+/** One adapter group as the mixture compiler sees it: its bank, in bank order, and its gate. */
+export interface MixtureGroup {
+  readonly id: string;
+  /** Bank order: column/row e of every banked tensor belongs to adapters[e]. */
+  readonly adapters: readonly BottleneckAdapter[];
+  /** null: the group is routed by the request only (its gate logits are all zero). */
+  readonly gate: Gate | null;
+}
+
+/** A snapshot of the registry: everything the mixture graph is compiled from. */
+export interface MixtureSpec {
+  readonly hiddenSize: number;
+  readonly groups: readonly MixtureGroup[];
+  readonly heads: readonly Head[];
+}
