@@ -33,3 +33,28 @@ export const headScoresName = (j: number) => `h${j}_scores`;
 export const ROUTE_BLOCKED = -1e9;
 /** Bias that puts a pinned adapter first whatever the gate says (pins use k = 1). */
 export const ROUTE_PINNED = 1e9;
+
+/**
+ * What the engine must know about one compiled mixture graph to feed it and read its outputs.
+ * Produced by the adapter registry next to the graph bytes; immutable.
+ */
+export interface MixtureLayout {
+  /** Increases by one with every graph the registry compiles. */
+  readonly version: number;
+  readonly hiddenSize: number;
+  readonly groups: readonly GroupLayout[];
+  readonly heads: readonly { readonly id: string; readonly labels: readonly string[] }[];
+}
+
+export interface GroupLayout {
+  readonly id: string;
+  /** Bank order: adapters[e] is bank index e. */
+  readonly adapters: readonly string[];
+  /** Whether the group has a learned gate (otherwise it is routed by the request only). */
+  readonly gated: boolean;
+  /** Per bank index: the gate scores this adapter (false: reachable by pinning only). */
+  readonly gateKnows: readonly boolean[];
+  readonly defaultK: number;
+  /** Used as the pin when a request pins nothing in an ungated group. */
+  readonly defaultAdapter: string | undefined;
+}

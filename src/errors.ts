@@ -1,0 +1,52 @@
+/**
+ * The one error catalogue. Every error a user can see carries a stable `code` from this table, the
+ * HTTP status it maps to, and a message that says what to fix. Modules throw `MoeError`; the HTTP
+ * layer (one error handler) turns it into the response format of the route family.
+ */
+export const ERROR_CATALOGUE = {
+  // Request input
+  INPUT_INVALID: { status: 400, summary: 'The request body or a parameter is invalid.' },
+  INPUT_TOO_LONG: { status: 413, summary: 'An input has more tokens than the model accepts.' },
+  INPUT_EMPTY: { status: 422, summary: 'An input text is empty.' },
+  // Routing
+  ROUTING_UNKNOWN_GROUP: { status: 422, summary: 'The request names an adapter group the model lacks.' },
+  ROUTING_UNKNOWN_ADAPTER: { status: 422, summary: 'The request names an adapter that is not loaded.' },
+  ROUTING_UNKNOWN_TASK: { status: 422, summary: 'The request names a task the model has no head for.' },
+  ROUTING_INVALID_K: { status: 422, summary: 'top-k is outside 1..(adapters in the group).' },
+  ROUTING_NO_ADAPTER_LEFT: { status: 422, summary: 'Excludes leave a group with no adapter.' },
+  ROUTING_PIN_REQUIRED: { status: 422, summary: 'A group without a gate needs an adapter pinned.' },
+  // Adapter registry
+  ADAPTER_NOT_FOUND: { status: 404, summary: 'No adapter with this id is registered.' },
+  ADAPTER_INVALID: { status: 422, summary: 'The adapter folder is not a valid adapter.' },
+  ADAPTER_BUSY: { status: 409, summary: 'The adapter is being loaded or unloaded.' },
+  ADAPTER_LAST_IN_GROUP: { status: 409, summary: 'A group must keep at least one adapter.' },
+  // Engine
+  ENGINE_WORKER_CRASHED: { status: 503, summary: 'The engine worker running the batch died.' },
+  ENGINE_CLOSED: { status: 503, summary: 'The engine is shutting down.' },
+  ENGINE_FAILED: { status: 500, summary: 'The engine failed to run a batch.' },
+  ENGINE_PROVIDER_UNAVAILABLE: { status: 500, summary: 'The execution provider cannot start.' },
+} as const satisfies Record<string, { status: number; summary: string }>;
+
+export type ErrorCode = keyof typeof ERROR_CATALOGUE;
+
+export class MoeError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  /** Machine-readable context, e.g. `{ field: 'inputs[3]', choices: [...] }`. */
+  readonly details: Readonly<Record<string, unknown>> | undefined;
+
+  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>) {
+    super(message);
+    this.name = 'MoeError';
+    this.code = code;
+    this.status = ERROR_CATALOGUE[code].status;
+    this.details = details;
+  }
+
+  /** Plain form for crossing a thread boundary (structured clone drops the class). */
+  toJSON(): { code: ErrorCode; message: string; details?: Record<string, unknown> } {
+    return this.details === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, details: { ...this.details } };
+  }
+}

@@ -1,0 +1,166 @@
+/**
+ * A served model: the pack, its tokenizer, the adapter registry and the engine, wired together.
+ * This is the one place that turns a user's request (texts plus routing wishes) into engine items
+ * and engine results back into answers. The CLI calls it directly; the HTTP service puts its
+ * batcher between `prepare` and the engine.
+ */
+import { Engine, type EngineOptions } from '../engine/engine.js';
+import type { EngineItemResult, TaskOutput } from '../engine/decode.js';
+import type { ItemRouting } from '../engine/routing.js';
+import { MoeError } from '../errors.js';
+import { type LoadedPack, loadPack } from '../pack/load.js';
+import { AdapterRegistry } from '../pack/registry.js';
+import { TextTokenizer, type TruncationPolicy } from './tokenizer.js';
+
+export interface ModelOptions {
+  /** Folder of the model pack (holds manifest.json). */
+  readonly packDir: string;
+  readonly engine?: Omit<EngineOptions, 'backbonePath'>;
+  /** What to do with inputs longer than the pack's max_length. Default 'truncate'. */
+  readonly truncation?: TruncationPolicy;
+}
+
+/** A request in the API's own terms (the HTTP body maps onto it one to one). */
+export interface InferRequest {
+  readonly inputs: readonly string[];
+  /** Task (head) id: only its output is returned, and its pinned adapter is used. */
+  readonly task?: string;
+  /** Shorthand for pinning the adapter of the group named 'language'. */
+  readonly language?: string;
+  /** group id -> adapter id to pin. */
+  readonly adapters?: Readonly<Record<string, string>>;
+  /** Adapter ids never to route to. */
+  readonly exclude?: readonly string[];
+  /** Adapters mixed in every gated group that is not pinned; default: each group's default_k. */
+  readonly topK?: number;
+}
+
+export interface InferResult {
+  readonly routing: EngineItemResult['routing'];
+  readonly outputs: Readonly<Record<string, TaskOutput>>;
+  readonly embedding: Float32Array;
+  /** Tokens fed to the model (specials included, after truncation). */
+  readonly tokens: number;
+  readonly truncated: boolean;
+}
+
+/** One input, tokenized and with its routing resolved to adapter ids: what the batcher queues. */
+export interface PreparedItem {
+  readonly ids: Int32Array;
+  readonly routing: ItemRouting;
+  readonly truncated: boolean;
+  /** Tasks whose outputs the answer keeps (all when undefined). */
+  readonly tasks: readonly string[] | undefined;
+}
+
+export class Model {
+  private constructor(
+    readonly pack: LoadedPack,
+    readonly tokenizer: TextTokenizer,
+    readonly registry: AdapterRegistry,
+    readonly engine: Engine,
+    private readonly truncation: TruncationPolicy,
+  ) {}
+
+  static async open(options: ModelOptions): Promise<Model> {
+    const pack = await loadPack(options.packDir);
+    const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
+    const registry = new AdapterRegistry(pack);
+    const first = registry.compileCurrent();
+    const engine = await Engine.start(
+      { ...options.engine, backbonePath: pack.backbonePath },
+      first.layout,
+      first.bytes,
+    );
+    registry.attach(engine);
+    return new Model(pack, tokenizer, registry, engine, options.truncation ?? 'truncate');
+  }
+
+  get name(): string {
+    return this.pack.manifest.name;
+  }
+
+  /**
+   * Validate the request's routing wishes and tokenize its inputs. Throws MoeError (4xx) for the
+   * first problem; nothing is queued then.
+   */
+  prepare(request: InferRequest): PreparedItem[] {
+    const pins: Record<string, string> = {};
+    let tasks: string[] | undefined;
+    if (request.task !== undefined) {
+      const head = this.pack.heads.find((h) => h.id === request.task);
+      if (head === undefined) {
+        const choices = this.pack.heads.map((h) => h.id);
+        throw new MoeError(
+          'ROUTING_UNKNOWN_TASK',
+          `Unknown task '${request.task}'; this model's tasks are: ${choices.join(', ')}.`,
+          { field: 'task', choices },
+        );
+      }
+      tasks = [head.id];
+      if (head.pin !== undefined) pins[head.pin.group] = head.pin.adapter;
+    }
+    if (request.language !== undefined) {
+      if (!this.pack.groups.some((g) => g.id === 'language')) {
+        throw new MoeError('ROUTING_UNKNOWN_GROUP', `This model has no 'language' adapter group; drop 'language'.`, {
+          field: 'language',
+        });
+      }
+      pins.language = request.language;
+    }
+    Object.assign(pins, request.adapters);
+    const k: Record<string, number> = {};
+    if (request.topK !== undefined) {
+      for (const group of this.engine.layout.groups) {
+        if (group.gated && pins[group.id] === undefined) k[group.id] = request.topK;
+      }
+    }
+    const routing: ItemRouting = {
+      pins,
+      k,
+      ...(request.exclude === undefined ? {} : { exclude: request.exclude }),
+    };
+    return request.inputs.map((text, index) => {
+      if (text.trim().length === 0) {
+        throw new MoeError('INPUT_EMPTY', `inputs[${index}] is empty; send text with at least one word.`, {
+          field: `inputs[${index}]`,
+        });
+      }
+      const encoded = this.tokenizer.encode(text, this.truncation, index);
+      return { ids: encoded.ids, routing, truncated: encoded.truncated, tasks };
+    });
+  }
+
+  /** Run prepared items as one engine batch. Item errors (routing) reject the whole call. */
+  async runPrepared(items: readonly PreparedItem[]): Promise<InferResult[]> {
+    const outcome = await this.engine.run(items);
+    return outcome.items.map((item, i) => {
+      if (!item.ok) throw item.error;
+      return toResult(item.result, items[i]!);
+    });
+  }
+
+  /** Tokenize, route and run `request.inputs` in one batch. */
+  infer(request: InferRequest): Promise<InferResult[]> {
+    return this.runPrepared(this.prepare(request));
+  }
+
+  close(): Promise<void> {
+    return this.engine.close();
+  }
+}
+
+/** Keep the requested tasks' outputs and attach the token accounting. */
+export function toResult(result: EngineItemResult, item: PreparedItem): InferResult {
+  const outputs =
+    item.tasks === undefined
+      ? result.outputs
+      : Object.fromEntries(item.tasks.map((task) => [task, result.outputs[task]!]));
+  return {
+    routing: result.routing,
+    outputs,
+    embedding: result.embedding,
+    tokens: item.ids.length,
+    truncated: item.truncated,
+  };
+}

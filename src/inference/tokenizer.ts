@@ -1,0 +1,75 @@
+/**
+ * Text -> token ids with the pack's Hugging Face tokenizer.json, and the length policy.
+ *
+ * Length policy (engine option `truncation`): an input with more tokens than the pack's max_length
+ * is either cut to fit, keeping the special tokens the tokenizer adds around the text ([CLS] ...
+ * [SEP]), and flagged `truncated: true`, or rejected with INPUT_TOO_LONG naming the limit.
+ */
+import { readFile } from 'node:fs/promises';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { MoeError } from '../errors.js';
+
+export type TruncationPolicy = 'truncate' | 'reject';
+
+export interface EncodedText {
+  /** Token ids including special tokens; length <= maxLength. */
+  readonly ids: Int32Array;
+  /** Tokens the text had before truncation (specials included). */
+  readonly fullLength: number;
+  readonly truncated: boolean;
+}
+
+export class TextTokenizer {
+  private constructor(
+    private readonly tokenizer: Tokenizer,
+    readonly maxLength: number,
+    /** Special tokens the post-processor puts before and after a single text. */
+    private readonly prefix: number[],
+    private readonly suffix: number[],
+  ) {}
+
+  static async load(path: string, maxLength: number): Promise<TextTokenizer> {
+    const json = JSON.parse(await readFile(path, 'utf8')) as object;
+    const tokenizer = new Tokenizer(json, {});
+    // Find the template around a text: encode one probe token with and without specials.
+    const bare = tokenizer.encode('a', { add_special_tokens: false }).ids;
+    const full = tokenizer.encode('a', { add_special_tokens: true }).ids;
+    const at = indexOfRun(full, bare);
+    const prefix = at < 0 ? [] : full.slice(0, at);
+    const suffix = at < 0 ? [] : full.slice(at + bare.length);
+    if (prefix.length + suffix.length >= maxLength) {
+      throw new Error(`${path}: the special tokens alone fill max_length ${maxLength}`);
+    }
+    return new TextTokenizer(tokenizer, maxLength, prefix, suffix);
+  }
+
+  /** `index` names the input in errors (e.g. inputs[3]). */
+  encode(text: string, policy: TruncationPolicy, index = 0): EncodedText {
+    const content = this.tokenizer.encode(text, { add_special_tokens: false }).ids;
+    const fullLength = content.length + this.prefix.length + this.suffix.length;
+    if (fullLength <= this.maxLength) {
+      return { ids: Int32Array.from([...this.prefix, ...content, ...this.suffix]), fullLength, truncated: false };
+    }
+    if (policy === 'reject') {
+      throw new MoeError(
+        'INPUT_TOO_LONG',
+        `inputs[${index}] has ${fullLength} tokens; the model accepts at most ${this.maxLength}. Shorten the text or let the server truncate it.`,
+        { field: `inputs[${index}]`, tokens: fullLength, limit: this.maxLength },
+      );
+    }
+    const keep = this.maxLength - this.prefix.length - this.suffix.length;
+    return {
+      ids: Int32Array.from([...this.prefix, ...content.slice(0, keep), ...this.suffix]),
+      fullLength,
+      truncated: true,
+    };
+  }
+}
+
+function indexOfRun(haystack: readonly number[], needle: readonly number[]): number {
+  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
