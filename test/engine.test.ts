@@ -1,0 +1,313 @@
+/**
+ * The engine end to end on a real fixture pack: real worker threads, real ORT sessions, the
+ * compiled mixture graph, the adapter registry swapping graphs while batches stream through.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { MoeError } from '../src/errors.js';
+import { Model } from '../src/inference/model.js';
+import { buildFixturePack, randomAdapter, writeAdapterFolder } from '../src/pack/fixture.js';
+import { Random } from '../src/util/random.js';
+
+const TEXTS = [
+  'the quick brown fox jumps over the lazy dog',
+  'der schnelle braune fuchs',
+  'le renard brun rapide saute',
+  'hello',
+  'a much longer sentence that has quite a few more words than the others in this batch so padding matters',
+];
+
+let root: string;
+let packDir: string;
+
+before(async () => {
+  root = await mkdtemp(join(tmpdir(), 'moe-engine-'));
+  packDir = await buildFixturePack(join(root, 'pack'), { seed: 7 });
+});
+
+after(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+function norm(v: Float32Array): number {
+  return Math.sqrt(v.reduce((s, x) => s + x * x, 0));
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+async function rejectsWith(promise: Promise<unknown>, code: string): Promise<MoeError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof MoeError, `expected MoeError, got ${String(error)}`);
+    assert.equal(error.code, code, error.message);
+    return error;
+  }
+  assert.fail(`expected ${code}`);
+}
+
+describe('engine on a fixture pack', () => {
+  let model: Model;
+  before(async () => {
+    model = await Model.open({ packDir, engine: { workers: 2, intraOpThreads: 1, allowFaultInjection: true } });
+  });
+  after(async () => {
+    await model.close();
+  });
+
+  it('answers every item with routing whose weights sum to 1, task scores and a unit embedding', async () => {
+    const results = await model.infer({ inputs: TEXTS, topK: 2 });
+    assert.equal(results.length, TEXTS.length);
+    for (const result of results) {
+      assert.deepEqual(Object.keys(result.routing), model.pack.groups.map((g) => g.id));
+      const language = result.routing.language!;
+      assert.equal(language.length, 2);
+      assert.ok(Math.abs(language[0]!.weight + language[1]!.weight - 1) < 1e-5);
+      assert.ok(language[0]!.weight >= language[1]!.weight);
+      assert.equal(result.routing.task!.length, 1);
+      assert.equal(result.routing.task![0]!.weight, 1);
+      for (const head of model.pack.heads) {
+        const out = result.outputs[head.id]!;
+        const scores = Object.values(out.scores);
+        assert.equal(scores.length, head.labels.length);
+        assert.ok(Math.abs(scores.reduce((s, x) => s + x, 0) - 1) < 1e-5);
+        assert.equal(out.score, Math.max(...scores));
+        assert.equal(out.scores[out.label], out.score);
+      }
+      assert.ok(Math.abs(norm(result.embedding) - 1) < 1e-5);
+    }
+  });
+
+  it('gives each item the same answer alone as inside a padded batch', async () => {
+    const batch = await model.infer({ inputs: TEXTS });
+    for (let i = 0; i < TEXTS.length; i++) {
+      const [alone] = await model.infer({ inputs: [TEXTS[i]!] });
+      assert.ok(maxAbsDiff(alone!.embedding, batch[i]!.embedding) < 1e-4);
+      assert.deepEqual(
+        alone!.routing.language!.map((r) => r.adapter),
+        batch[i]!.routing.language!.map((r) => r.adapter),
+      );
+    }
+  });
+
+  it('honours a different pin, exclude and k for each item of one batch', async () => {
+    const languages = model.engine.layout.groups[0]!.adapters;
+    const [first, second, third] = languages;
+    const items = [
+      ...model.prepare({ inputs: [TEXTS[0]!], adapters: { language: second! } }),
+      ...model.prepare({ inputs: [TEXTS[0]!], exclude: [first!, second!], topK: 2 }),
+      ...model.prepare({ inputs: [TEXTS[0]!], topK: languages.length }),
+      ...model.prepare({ inputs: [TEXTS[0]!], task: model.pack.heads[1]!.id }),
+    ];
+    const outcome = await model.engine.run(items);
+    const results = outcome.items.map((item) => {
+      assert.ok(item.ok);
+      return item.result;
+    });
+    assert.deepEqual(results[0]!.routing.language, [{ adapter: second, weight: 1 }]);
+    const excluded = results[1]!.routing.language!.map((r) => r.adapter);
+    assert.equal(excluded.length, 2);
+    assert.ok(!excluded.includes(first!) && !excluded.includes(second!));
+    assert.equal(results[2]!.routing.language!.length, languages.length);
+    assert.deepEqual(
+      new Set(results[2]!.routing.language!.map((r) => r.adapter)),
+      new Set(languages),
+    );
+    assert.ok(excluded.includes(third!) || results[1]!.routing.language!.length === 2);
+    const pin = model.pack.heads[1]!.pin!;
+    assert.deepEqual(results[3]!.routing[pin.group], [{ adapter: pin.adapter, weight: 1 }]);
+  });
+
+  it('fails only the item whose routing is invalid', async () => {
+    const good = model.prepare({ inputs: [TEXTS[1]!] });
+    const bad = { ...good[0]!, routing: { pins: { language: 'no-such-adapter' } } };
+    const outcome = await model.engine.run([good[0]!, bad, good[0]!]);
+    assert.ok(outcome.items[0]!.ok && outcome.items[2]!.ok);
+    const failed = outcome.items[1]!;
+    assert.ok(!failed.ok);
+    assert.equal(failed.error.code, 'ROUTING_UNKNOWN_ADAPTER');
+    assert.match(failed.error.message, /choose one of/);
+  });
+
+  it('truncates or rejects inputs longer than the pack allows, and says which', async () => {
+    const long = Array.from({ length: 200 }, () => 'word').join(' ');
+    const [result] = await model.infer({ inputs: [long] });
+    assert.equal(result!.truncated, true);
+    assert.equal(result!.tokens, model.pack.maxLength);
+    assert.throws(() => model.tokenizer.encode(long, 'reject', 3), (error: MoeError) => {
+      assert.equal(error.code, 'INPUT_TOO_LONG');
+      assert.match(error.message, /inputs\[3\]/);
+      return true;
+    });
+  });
+
+  it('restarts a crashed worker, failing only the batch it was running', async () => {
+    const restarts = model.engine.workerRestarts;
+    const items = model.prepare({ inputs: TEXTS });
+    // Both workers get a crash order queued ahead of whatever they run next.
+    model.engine.crashWorkerForTest(0);
+    model.engine.crashWorkerForTest(1);
+    const outcomes = await Promise.allSettled([model.engine.run(items), model.engine.run(items)]);
+    for (const outcome of outcomes) {
+      assert.equal(outcome.status, 'rejected');
+      assert.equal((outcome.reason as MoeError).code, 'ENGINE_WORKER_CRASHED');
+    }
+    const again = await model.engine.run(items);
+    assert.ok(again.items.every((item) => item.ok));
+    assert.equal(model.engine.workerRestarts, restarts + 2);
+  });
+});
+
+describe('adapter registry', () => {
+  let model: Model;
+  let adapterDir: string;
+  const rng = new Random(99);
+  before(async () => {
+    model = await Model.open({ packDir, engine: { workers: 2, intraOpThreads: 1 } });
+    adapterDir = join(root, 'extra');
+  });
+  after(async () => {
+    await model.close();
+  });
+
+  it('loads an adapter the gate was not trained on: listed, reachable by pinning only', async () => {
+    const adapter = randomAdapter(rng, {
+      id: 'extra',
+      group: 'language',
+      hiddenSize: model.pack.hiddenSize,
+      rank: 3,
+      activation: model.pack.groups[0]!.adapters[0]!.activation,
+      residual: true,
+    });
+    await writeAdapterFolder(adapterDir, adapter);
+    const before = model.engine.layout.version;
+    const info = await model.registry.load(adapterDir);
+    assert.equal(info.state, 'ready');
+    assert.equal(info.gated, false);
+    assert.equal(info.rank, 3);
+    assert.ok(model.engine.layout.version > before);
+    const [pinned] = await model.infer({ inputs: [TEXTS[0]!], adapters: { language: 'extra' } });
+    assert.deepEqual(pinned!.routing.language, [{ adapter: 'extra', weight: 1 }]);
+    const size = model.engine.layout.groups[0]!.adapters.length;
+    const routed = await model.infer({ inputs: TEXTS, topK: size - 1 });
+    for (const result of routed) {
+      assert.ok(!result.routing.language!.some((r) => r.adapter === 'extra'));
+    }
+    // Loading the same folder again changes nothing.
+    const version = model.engine.layout.version;
+    await model.registry.load(adapterDir);
+    assert.equal(model.engine.layout.version, version);
+  });
+
+  it('unloads it: pinning it is then a clear error', async () => {
+    await model.registry.unload('extra');
+    assert.equal(model.registry.get('extra'), undefined);
+    await rejectsWith(
+      model.infer({ inputs: [TEXTS[0]!], adapters: { language: 'extra' } }),
+      'ROUTING_UNKNOWN_ADAPTER',
+    );
+    await rejectsWith(model.registry.unload('extra'), 'ADAPTER_NOT_FOUND');
+  });
+
+  it('rejects a corrupt adapter file and leaves the registry as it was', async () => {
+    const dir = join(root, 'corrupt');
+    const adapter = randomAdapter(rng, {
+      id: 'corrupt',
+      group: 'language',
+      hiddenSize: model.pack.hiddenSize,
+      rank: 4,
+      activation: model.pack.groups[0]!.adapters[0]!.activation,
+      residual: true,
+    });
+    await writeAdapterFolder(dir, adapter);
+    await writeFile(join(dir, 'adapter.safetensors'), Buffer.from('\x10\x00\x00\x00\x00\x00\x00\x00{"down.wei'));
+    const listed = model.registry.list().map((a) => [a.id, a.state]);
+    const version = model.engine.layout.version;
+    const error = await rejectsWith(model.registry.load(dir), 'ADAPTER_INVALID');
+    assert.match(error.message, /adapter\.safetensors/);
+    assert.deepEqual(model.registry.list().map((a) => [a.id, a.state]), listed);
+    assert.equal(model.engine.layout.version, version);
+  });
+
+  it('rejects an adapter whose hidden size does not match the backbone', async () => {
+    const dir = join(root, 'wide');
+    await writeAdapterFolder(
+      dir,
+      randomAdapter(rng, {
+        id: 'wide',
+        group: 'language',
+        hiddenSize: model.pack.hiddenSize + 8,
+        rank: 2,
+        activation: model.pack.groups[0]!.adapters[0]!.activation,
+        residual: true,
+      }),
+    );
+    const error = await rejectsWith(model.registry.load(dir), 'ADAPTER_INVALID');
+    assert.match(error.message, /hidden/);
+  });
+
+  it('keeps every batch alive while adapters are loaded and unloaded under load', async () => {
+    const dirs: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const dir = join(root, `hot-${i}`);
+      await writeAdapterFolder(
+        dir,
+        randomAdapter(rng, {
+          id: `hot-${i}`,
+          group: 'language',
+          hiddenSize: model.pack.hiddenSize,
+          rank: 2 + i,
+          activation: model.pack.groups[0]!.adapters[0]!.activation,
+          residual: i % 2 === 0,
+        }),
+      );
+      dirs.push(dir);
+    }
+    let stop = false;
+    let batches = 0;
+    const versions = new Set<number>();
+    const stream = async () => {
+      while (!stop) {
+        const outcome = await model.engine.run(model.prepare({ inputs: TEXTS, topK: 2 }));
+        assert.ok(outcome.items.every((item) => item.ok));
+        versions.add(outcome.version);
+        batches++;
+      }
+    };
+    const streams = [stream(), stream(), stream()];
+    for (const [i, dir] of dirs.entries()) {
+      await model.registry.load(dir);
+      if (i > 0) await model.registry.unload(`hot-${i - 1}`);
+    }
+    await model.registry.unload('hot-3');
+    stop = true;
+    await Promise.all(streams);
+    assert.ok(batches > 10, `only ${batches} batches ran`);
+    assert.ok(versions.size >= 3, `batches saw ${versions.size} graph versions`);
+    assert.deepEqual(
+      model.registry.list().filter((a) => a.id.startsWith('hot-')),
+      [],
+    );
+  });
+});
+
+describe('engine shutdown', () => {
+  it('finishes accepted batches, then refuses new ones; close is idempotent', async () => {
+    const model = await Model.open({ packDir, engine: { workers: 1, intraOpThreads: 1 } });
+    const items = model.prepare({ inputs: TEXTS });
+    const running = [model.engine.run(items), model.engine.run(items), model.engine.run(items)];
+    const closing = model.close();
+    assert.equal(model.close(), closing);
+    const outcomes = await Promise.all(running);
+    assert.ok(outcomes.every((o) => o.items.every((item) => item.ok)));
+    await closing;
+    await rejectsWith(model.engine.run(items), 'ENGINE_CLOSED');
+  });
+});
