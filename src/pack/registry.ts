@@ -134,18 +134,18 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
   }
 
   /**
-   * Load (or replace) the adapter in `folder`. `options.id` / `options.group` override its config.
+   * Load (or replace) the adapter in `folder`, into the group its config names. `options.id`
+   * serves it under another id than its config's.
    * Rejects with ADAPTER_INVALID (the folder is wrong: the message says what to fix),
    * ADAPTER_BUSY, or an ENGINE_* error; the served set is then unchanged.
    */
-  load(folder: string, options: { id?: string; group?: string } = {}): Promise<AdapterInfo> {
+  load(folder: string, options: { id?: string } = {}): Promise<AdapterInfo> {
     return this.serialise(async () => {
       const started = performance.now();
       let adapter: BottleneckAdapter;
       try {
         adapter = await loadAdapterFolder(folder, {
           hiddenSize: this.pack.hiddenSize,
-          ...(options.group === undefined ? {} : { group: options.group }),
           groups: this.pack.groups.map((g) => g.id),
         });
       } catch (error) {
@@ -158,7 +158,6 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
         throw failure;
       }
       if (options.id !== undefined) adapter = { ...adapter, id: options.id };
-      if (options.group !== undefined) adapter = { ...adapter, group: options.group };
       const id = adapter.id;
       this.assertIdle(id);
       const existingGroup = this.groupOf(id);
