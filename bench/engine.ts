@@ -41,13 +41,27 @@ const SEQ = Number(values.seq);
 const RANK = Number(values.rank);
 /** Same k for every configuration, so only the number of adapters differs. */
 const K = Number(values.k);
-const BACKBONE = { vocabSize: 8000, hiddenSize: 256, layers: 4, heads: 4, ffnSize: 1024, maxLength: 128, seed: 1 };
+const BACKBONE = {
+  vocabSize: 8000,
+  hiddenSize: 256,
+  layers: 4,
+  heads: 4,
+  ffnSize: 1024,
+  maxLength: 128,
+  seed: 1,
+};
 const d = BACKBONE.hiddenSize;
 const rng = new Random(2024);
 const log = (line: string) => process.stderr.write(`${line}\n`);
 
 function weight(shape: number[], std: number) {
-  return { shape, data: rng.normals(shape.reduce((a, b) => a * b, 1), std) };
+  return {
+    shape,
+    data: rng.normals(
+      shape.reduce((a, b) => a * b, 1),
+      std,
+    ),
+  };
 }
 
 const head: Head = {
@@ -58,12 +72,27 @@ const head: Head = {
 };
 
 /** A mixture with one gated group of `experts` adapters, or none at all (backbone alone). */
-function configuration(experts: number, version: number): { layout: MixtureLayout; bytes: Uint8Array } {
+function configuration(
+  experts: number,
+  version: number,
+): { layout: MixtureLayout; bytes: Uint8Array } {
   const ids = Array.from({ length: experts }, (_, i) => `x${i}`);
   const adapters = ids.map((id) =>
-    randomAdapter(rng, { id, group: 'language', hiddenSize: d, rank: RANK, activation: 'gelu', residual: true }),
+    randomAdapter(rng, {
+      id,
+      group: 'language',
+      hiddenSize: d,
+      rank: RANK,
+      activation: 'gelu',
+      residual: true,
+    }),
   );
-  const gate: LinearGate = { type: 'linear', experts: ids, weight: weight([d, experts], 0.05), bias: weight([experts], 0.01) };
+  const gate: LinearGate = {
+    type: 'linear',
+    experts: ids,
+    weight: weight([d, experts], 0.05),
+    bias: weight([experts], 0.01),
+  };
   const spec: MixtureSpec =
     experts === 0
       ? { hiddenSize: d, groups: [], heads: [] }
@@ -131,14 +160,17 @@ async function main(): Promise<void> {
         await Promise.all(inFlight);
         const seconds = (performance.now() - started) / 1000;
         perSecond.get(config.experts)!.push((BATCHES * BATCH) / seconds);
-        log(`round ${round + 1}/${ROUNDS} experts=${config.experts}: ${((BATCHES * BATCH) / seconds).toFixed(0)} items/s`);
+        log(
+          `round ${round + 1}/${ROUNDS} experts=${config.experts}: ${((BATCHES * BATCH) / seconds).toFixed(0)} items/s`,
+        );
       }
     }
   } finally {
     await engine.close();
     await rm(dir, { recursive: true, force: true });
   }
-  const name = (experts: number) => (experts === 0 ? 'backbone_alone' : `mixture_${experts}_adapters`);
+  const name = (experts: number) =>
+    experts === 0 ? 'backbone_alone' : `mixture_${experts}_adapters`;
   const results = Object.fromEntries(
     sizes.map((experts) => [
       name(experts),

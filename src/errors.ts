@@ -9,9 +9,18 @@ export const ERROR_CATALOGUE = {
   INPUT_TOO_LONG: { status: 413, summary: 'An input has more tokens than the model accepts.' },
   INPUT_EMPTY: { status: 422, summary: 'An input text is empty.' },
   // Routing
-  ROUTING_UNKNOWN_GROUP: { status: 422, summary: 'The request names an adapter group the model lacks.' },
-  ROUTING_UNKNOWN_ADAPTER: { status: 422, summary: 'The request names an adapter that is not loaded.' },
-  ROUTING_UNKNOWN_TASK: { status: 422, summary: 'The request names a task the model has no head for.' },
+  ROUTING_UNKNOWN_GROUP: {
+    status: 422,
+    summary: 'The request names an adapter group the model lacks.',
+  },
+  ROUTING_UNKNOWN_ADAPTER: {
+    status: 422,
+    summary: 'The request names an adapter that is not loaded.',
+  },
+  ROUTING_UNKNOWN_TASK: {
+    status: 422,
+    summary: 'The request names a task the model has no head for.',
+  },
   ROUTING_INVALID_K: { status: 422, summary: 'top-k is outside 1..(adapters in the group).' },
   ROUTING_NO_ADAPTER_LEFT: { status: 422, summary: 'Excludes leave a group with no adapter.' },
   ROUTING_PIN_REQUIRED: { status: 422, summary: 'A group without a gate needs an adapter pinned.' },

@@ -56,7 +56,10 @@ async function rejectsWith(promise: Promise<unknown>, code: string): Promise<Moe
 describe('engine on a fixture pack', () => {
   let model: Model;
   before(async () => {
-    model = await Model.open({ packDir, engine: { workers: 2, intraOpThreads: 1, allowFaultInjection: true } });
+    model = await Model.open({
+      packDir,
+      engine: { workers: 2, intraOpThreads: 1, allowFaultInjection: true },
+    });
   });
   after(async () => {
     await model.close();
@@ -66,7 +69,10 @@ describe('engine on a fixture pack', () => {
     const results = await model.infer({ inputs: TEXTS, topK: 2 });
     assert.equal(results.length, TEXTS.length);
     for (const result of results) {
-      assert.deepEqual(Object.keys(result.routing), model.pack.groups.map((g) => g.id));
+      assert.deepEqual(
+        Object.keys(result.routing),
+        model.pack.groups.map((g) => g.id),
+      );
       const language = result.routing.language!;
       assert.equal(language.length, 2);
       assert.ok(Math.abs(language[0]!.weight + language[1]!.weight - 1) < 1e-5);
@@ -123,7 +129,10 @@ describe('engine on a fixture pack', () => {
     );
     const pin = pinningHead.pin!;
     assert.deepEqual(results[3]!.routing[pin.group], [{ adapter: pin.adapter, weight: 1 }]);
-    assert.deepEqual(Object.keys(results[3]!.outputs).sort(), model.pack.heads.map((h) => h.id).sort());
+    assert.deepEqual(
+      Object.keys(results[3]!.outputs).sort(),
+      model.pack.heads.map((h) => h.id).sort(),
+    );
   });
 
   it('fails only the item whose routing is invalid', async () => {
@@ -142,11 +151,14 @@ describe('engine on a fixture pack', () => {
     const [result] = await model.infer({ inputs: [long] });
     assert.equal(result!.truncated, true);
     assert.equal(result!.tokens, model.pack.maxLength);
-    assert.throws(() => model.tokenizer.encode(long, 'reject', 3), (error: MoeError) => {
-      assert.equal(error.code, 'INPUT_TOO_LONG');
-      assert.match(error.message, /inputs\[3\]/);
-      return true;
-    });
+    assert.throws(
+      () => model.tokenizer.encode(long, 'reject', 3),
+      (error: MoeError) => {
+        assert.equal(error.code, 'INPUT_TOO_LONG');
+        assert.match(error.message, /inputs\[3\]/);
+        return true;
+      },
+    );
   });
 
   it('restarts a crashed worker, failing only the batch it was running', async () => {
@@ -228,12 +240,18 @@ describe('adapter registry', () => {
       residual: true,
     });
     await writeAdapterFolder(dir, adapter);
-    await writeFile(join(dir, 'adapter.safetensors'), Buffer.from('\x10\x00\x00\x00\x00\x00\x00\x00{"down.wei'));
+    await writeFile(
+      join(dir, 'adapter.safetensors'),
+      Buffer.from('\x10\x00\x00\x00\x00\x00\x00\x00{"down.wei'),
+    );
     const listed = model.registry.list().map((a) => [a.id, a.state]);
     const version = model.engine.layout.version;
     const error = await rejectsWith(model.registry.load(dir), 'ADAPTER_INVALID');
     assert.match(error.message, /adapter\.safetensors/);
-    assert.deepEqual(model.registry.list().map((a) => [a.id, a.state]), listed);
+    assert.deepEqual(
+      model.registry.list().map((a) => [a.id, a.state]),
+      listed,
+    );
     assert.equal(model.engine.layout.version, version);
   });
 

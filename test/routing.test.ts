@@ -47,7 +47,10 @@ describe('routeItem', () => {
 
   it('pins with k = 1, reaching an adapter the gate was not trained on', () => {
     const [language] = routeItem(layout, { pins: { language: 'xx' }, k: { language: 3 } });
-    assert.deepEqual([...language!.bias], [ROUTE_BLOCKED, ROUTE_BLOCKED, ROUTE_BLOCKED, ROUTE_PINNED]);
+    assert.deepEqual(
+      [...language!.bias],
+      [ROUTE_BLOCKED, ROUTE_BLOCKED, ROUTE_BLOCKED, ROUTE_PINNED],
+    );
     assert.equal(language!.k, 1);
   });
 
@@ -58,12 +61,30 @@ describe('routeItem', () => {
   });
 
   it('rejects bad requests with stable codes', () => {
-    assert.equal(code(() => routeItem(layout, { k: { language: 0 } })), 'ROUTING_INVALID_K');
-    assert.equal(code(() => routeItem(layout, { k: { language: 5 } })), 'ROUTING_INVALID_K');
-    assert.equal(code(() => routeItem(layout, { k: { language: 1.5 } })), 'ROUTING_INVALID_K');
-    assert.equal(code(() => routeItem(layout, { pins: { nope: 'en' } })), 'ROUTING_UNKNOWN_GROUP');
-    assert.equal(code(() => routeItem(layout, { pins: { language: 'zz' } })), 'ROUTING_UNKNOWN_ADAPTER');
-    assert.equal(code(() => routeItem(layout, { exclude: ['zz'] })), 'ROUTING_UNKNOWN_ADAPTER');
+    assert.equal(
+      code(() => routeItem(layout, { k: { language: 0 } })),
+      'ROUTING_INVALID_K',
+    );
+    assert.equal(
+      code(() => routeItem(layout, { k: { language: 5 } })),
+      'ROUTING_INVALID_K',
+    );
+    assert.equal(
+      code(() => routeItem(layout, { k: { language: 1.5 } })),
+      'ROUTING_INVALID_K',
+    );
+    assert.equal(
+      code(() => routeItem(layout, { pins: { nope: 'en' } })),
+      'ROUTING_UNKNOWN_GROUP',
+    );
+    assert.equal(
+      code(() => routeItem(layout, { pins: { language: 'zz' } })),
+      'ROUTING_UNKNOWN_ADAPTER',
+    );
+    assert.equal(
+      code(() => routeItem(layout, { exclude: ['zz'] })),
+      'ROUTING_UNKNOWN_ADAPTER',
+    );
     assert.equal(
       code(() => routeItem(layout, { exclude: ['en', 'de', 'fr'] })),
       'ROUTING_NO_ADAPTER_LEFT',
@@ -76,7 +97,10 @@ describe('routeItem', () => {
       ...layout,
       groups: [layout.groups[0]!, { ...layout.groups[1]!, defaultAdapter: undefined }],
     };
-    assert.equal(code(() => routeItem(noDefault, {})), 'ROUTING_PIN_REQUIRED');
+    assert.equal(
+      code(() => routeItem(noDefault, {})),
+      'ROUTING_PIN_REQUIRED',
+    );
   });
 
   it('lists the valid choices in the error details', () => {
@@ -96,7 +120,10 @@ describe('routeItem', () => {
 
 describe('stackRouting', () => {
   it('stacks rows per group and takes kmax over the batch', () => {
-    const items = [routeItem(layout, { k: { language: 1 } }), routeItem(layout, { k: { language: 3 } })];
+    const items = [
+      routeItem(layout, { k: { language: 1 } }),
+      routeItem(layout, { k: { language: 3 } }),
+    ];
     const [language, task] = stackRouting(layout, items);
     assert.equal(language!.bias.length, 8);
     assert.deepEqual([...language!.k], [1n, 3n]);

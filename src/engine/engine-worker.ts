@@ -108,7 +108,11 @@ async function run(request: RunRequest): Promise<void> {
     attention_mask: mask,
   };
   if (feedsTokenTypes) {
-    backboneFeeds.token_type_ids = new ort.Tensor('int64', new BigInt64Array(request.inputIds.length), dims);
+    backboneFeeds.token_type_ids = new ort.Tensor(
+      'int64',
+      new BigInt64Array(request.inputIds.length),
+      dims,
+    );
   }
   const t0 = performance.now();
   const hidden = (await backbone.run(backboneFeeds, [BACKBONE_OUTPUT]))[BACKBONE_OUTPUT]!; // [B,T,d]
@@ -143,7 +147,12 @@ async function run(request: RunRequest): Promise<void> {
     ...outputs.scores,
   ].map((a) => a.buffer as ArrayBuffer);
   post(
-    { type: 'result', id: request.id, outputs, timings: { backboneMs: t1 - t0, mixtureMs: t2 - t1 } },
+    {
+      type: 'result',
+      id: request.id,
+      outputs,
+      timings: { backboneMs: t1 - t0, mixtureMs: t2 - t1 },
+    },
     transfer,
   );
 }
@@ -162,7 +171,11 @@ async function handle(message: HostMessage): Promise<void> {
         await loadMixture(message.graph);
         post({ type: 'mixture-loaded', version: message.graph.version });
       } catch (error) {
-        post({ type: 'mixture-failed', version: message.graph.version, message: errorMessage(error) });
+        post({
+          type: 'mixture-failed',
+          version: message.graph.version,
+          message: errorMessage(error),
+        });
       }
       return;
     case 'release-mixture': {
@@ -177,7 +190,8 @@ async function handle(message: HostMessage): Promise<void> {
       process.exit(0);
       return;
     case 'crash':
-      if (init.allowFaultInjection) throw new Error('fault injection: engine worker crash requested');
+      if (init.allowFaultInjection)
+        throw new Error('fault injection: engine worker crash requested');
       return;
   }
 }

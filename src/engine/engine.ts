@@ -189,7 +189,9 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   run(items: readonly EngineItem[]): Promise<BatchOutcome> {
     if (this.closing !== undefined) {
-      return Promise.reject(new MoeError('ENGINE_CLOSED', 'The engine is shutting down; retry on another instance.'));
+      return Promise.reject(
+        new MoeError('ENGINE_CLOSED', 'The engine is shutting down; retry on another instance.'),
+      );
     }
     return new Promise((resolve, reject) => {
       this.queue.push({ items, resolve, reject });
@@ -304,7 +306,12 @@ export class Engine extends EventEmitter<EngineEvents> {
     slot.worker.postMessage(message, transfer);
   }
 
-  private settle(slot: WorkerSlot, id: number, outputs: RunOutputs | Error, timings?: StageTimings): void {
+  private settle(
+    slot: WorkerSlot,
+    id: number,
+    outputs: RunOutputs | Error,
+    timings?: StageTimings,
+  ): void {
     const flight = slot.inFlight.get(id);
     if (flight === undefined) return;
     slot.inFlight.delete(id);
@@ -343,7 +350,10 @@ export class Engine extends EventEmitter<EngineEvents> {
         (slot) =>
           new Promise<void>((resolve, reject) => {
             slot.loadAcks.set(version, { resolve, reject });
-            slot.worker.postMessage({ type: 'load-mixture', graph: next.graph } satisfies HostMessage);
+            slot.worker.postMessage({
+              type: 'load-mixture',
+              graph: next.graph,
+            } satisfies HostMessage);
           }),
       );
     try {
@@ -422,7 +432,10 @@ export class Engine extends EventEmitter<EngineEvents> {
             this.settle(
               slot,
               message.id,
-              new MoeError('ENGINE_FAILED', `The engine could not run the batch: ${message.message}`),
+              new MoeError(
+                'ENGINE_FAILED',
+                `The engine could not run the batch: ${message.message}`,
+              ),
             );
             return;
           case 'mixture-loaded':
@@ -435,7 +448,10 @@ export class Engine extends EventEmitter<EngineEvents> {
             slot.loadAcks
               .get(message.version)
               ?.reject(
-                new MoeError('ENGINE_FAILED', `An engine worker could not load the mixture graph: ${message.message}`),
+                new MoeError(
+                  'ENGINE_FAILED',
+                  `An engine worker could not load the mixture graph: ${message.message}`,
+                ),
               );
             slot.loadAcks.delete(message.version);
             return;
@@ -448,7 +464,10 @@ export class Engine extends EventEmitter<EngineEvents> {
         const reason = initError ?? `exit code ${code}`;
         if (!slot.ready) {
           // Never came up: a broken backbone or graph is not worth restarting in a loop.
-          const error = new MoeError('ENGINE_FAILED', `An engine worker could not start: ${reason}`);
+          const error = new MoeError(
+            'ENGINE_FAILED',
+            `An engine worker could not start: ${reason}`,
+          );
           reject(error);
           if (!initial && this.closing === undefined) this.respawnLater(index, reason);
           return;
@@ -462,7 +481,10 @@ export class Engine extends EventEmitter<EngineEvents> {
   private catchUp(slot: WorkerSlot): void {
     for (const [version, mixture] of this.live) {
       if (!slot.versions.has(version)) {
-        slot.worker.postMessage({ type: 'load-mixture', graph: mixture.graph } satisfies HostMessage);
+        slot.worker.postMessage({
+          type: 'load-mixture',
+          graph: mixture.graph,
+        } satisfies HostMessage);
       }
     }
   }
@@ -526,7 +548,9 @@ export class Engine extends EventEmitter<EngineEvents> {
     if (busy || (this.queue.length > 0 && canRun)) return;
     // Nothing can run what is still queued (no live worker): fail it rather than hang.
     for (const batch of this.queue.splice(0)) {
-      batch.reject(new MoeError('ENGINE_CLOSED', 'The engine shut down before this batch could run.'));
+      batch.reject(
+        new MoeError('ENGINE_CLOSED', 'The engine shut down before this batch could run.'),
+      );
     }
     const resolve = this.drainResolve;
     this.drainResolve = undefined;

@@ -46,9 +46,7 @@ export function decideBatch(
 ): BatchDecision {
   if (pending.length === 0 || !engineHasRoom) return { kind: 'idle' };
   const indexes = fillBatch(pending, limits);
-  const full =
-    indexes.length >= limits.maxBatchItems ||
-    indexes.length < pending.length; // the rest did not fit: this batch is as big as it gets
+  const full = indexes.length >= limits.maxBatchItems || indexes.length < pending.length; // the rest did not fit: this batch is as big as it gets
   const waited = now - pending[0]!.enqueuedAt;
   if (full || waited >= limits.maxQueueDelayMs) return { kind: 'take', indexes };
   return { kind: 'wait', ms: limits.maxQueueDelayMs - waited };
@@ -58,7 +56,11 @@ export function decideBatch(
 export function fillBatch(pending: readonly PendingView[], limits: BatchLimits): number[] {
   const anchor = pending[0]!.tokens;
   const byCloseness = pending
-    .map((item, index) => ({ index, tokens: item.tokens, distance: Math.abs(item.tokens - anchor) }))
+    .map((item, index) => ({
+      index,
+      tokens: item.tokens,
+      distance: Math.abs(item.tokens - anchor),
+    }))
     .slice(1)
     .sort((a, b) => a.distance - b.distance || a.index - b.index);
   const taken = [0];

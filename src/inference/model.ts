@@ -4,8 +4,9 @@
  * and engine results back into answers. The CLI calls it directly; the HTTP service puts its
  * batcher between `prepare` and the engine.
  */
-import { Engine, type EngineOptions } from '../engine/engine.js';
+
 import type { EngineItemResult, TaskOutput } from '../engine/decode.js';
+import { Engine, type EngineOptions } from '../engine/engine.js';
 import type { ItemRouting } from '../engine/routing.js';
 import { MoeError } from '../errors.js';
 import { type LoadedPack, loadPack } from '../pack/load.js';
@@ -102,9 +103,13 @@ export class Model {
     }
     if (request.language !== undefined) {
       if (!this.pack.groups.some((g) => g.id === 'language')) {
-        throw new MoeError('ROUTING_UNKNOWN_GROUP', `This model has no 'language' adapter group; drop 'language'.`, {
-          field: 'language',
-        });
+        throw new MoeError(
+          'ROUTING_UNKNOWN_GROUP',
+          `This model has no 'language' adapter group; drop 'language'.`,
+          {
+            field: 'language',
+          },
+        );
       }
       pins.language = request.language;
     }
@@ -122,9 +127,13 @@ export class Model {
     };
     return request.inputs.map((text, index) => {
       if (text.trim().length === 0) {
-        throw new MoeError('INPUT_EMPTY', `inputs[${index}] is empty; send text with at least one word.`, {
-          field: `inputs[${index}]`,
-        });
+        throw new MoeError(
+          'INPUT_EMPTY',
+          `inputs[${index}] is empty; send text with at least one word.`,
+          {
+            field: `inputs[${index}]`,
+          },
+        );
       }
       const encoded = this.tokenizer.encode(text, this.truncation, index);
       return { ids: encoded.ids, routing, truncated: encoded.truncated, tasks };

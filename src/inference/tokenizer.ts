@@ -48,7 +48,11 @@ export class TextTokenizer {
     const content = this.tokenizer.encode(text, { add_special_tokens: false }).ids;
     const fullLength = content.length + this.prefix.length + this.suffix.length;
     if (fullLength <= this.maxLength) {
-      return { ids: Int32Array.from([...this.prefix, ...content, ...this.suffix]), fullLength, truncated: false };
+      return {
+        ids: Int32Array.from([...this.prefix, ...content, ...this.suffix]),
+        fullLength,
+        truncated: false,
+      };
     }
     if (policy === 'reject') {
       throw new MoeError(

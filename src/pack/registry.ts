@@ -86,7 +86,12 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
     for (const group of pack.groups) {
       const entries = new Map<string, Entry>();
       for (const adapter of group.adapters) {
-        entries.set(adapter.id, { adapter, digest: digestOf(adapter), source: 'pack', loadedAt: now });
+        entries.set(adapter.id, {
+          adapter,
+          digest: digestOf(adapter),
+          source: 'pack',
+          loadedAt: now,
+        });
       }
       this.served.set(group.id, entries);
     }
@@ -154,7 +159,12 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
           isPackError(error) ? error.message : `${folder}: ${messageOf(error)}`,
           isPackError(error) ? { file: error.file, field: error.field, reason: error.code } : {},
         );
-        this.emit('failed', { id: options.id ?? folder, operation: 'load', seconds: since(started), error: failure });
+        this.emit('failed', {
+          id: options.id ?? folder,
+          operation: 'load',
+          seconds: since(started),
+          error: failure,
+        });
         throw failure;
       }
       if (options.id !== undefined) adapter = { ...adapter, id: options.id };
@@ -183,7 +193,12 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
       const previousStatus = this.status.get(id);
       this.status.set(id, {
         state: 'loading',
-        attempted: { group: adapter.group, rank: adapter.rank, activation: adapter.activation, source: folder },
+        attempted: {
+          group: adapter.group,
+          rank: adapter.rank,
+          activation: adapter.activation,
+          source: folder,
+        },
       });
       const next = cloneServed(this.served);
       next.get(adapter.group)!.set(id, { adapter, digest, source: folder, loadedAt: new Date() });
@@ -195,7 +210,12 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
           this.status.set(id, {
             state: 'failed',
             error: failure.message,
-            attempted: { group: adapter.group, rank: adapter.rank, activation: adapter.activation, source: folder },
+            attempted: {
+              group: adapter.group,
+              rank: adapter.rank,
+              activation: adapter.activation,
+              source: folder,
+            },
           });
         } else if (previousStatus === undefined) this.status.delete(id);
         else this.status.set(id, previousStatus);
@@ -204,7 +224,12 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
       }
       this.commit(next);
       this.status.delete(id);
-      this.emit('loaded', { id, group: adapter.group, seconds: since(started), replaced: previous !== undefined });
+      this.emit('loaded', {
+        id,
+        group: adapter.group,
+        seconds: since(started),
+        replaced: previous !== undefined,
+      });
       return this.get(id)!;
     });
   }
@@ -222,7 +247,11 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
           this.status.delete(id);
           return;
         }
-        throw new MoeError('ADAPTER_NOT_FOUND', `No adapter '${id}' is registered; GET /v1/adapters lists them.`, { id });
+        throw new MoeError(
+          'ADAPTER_NOT_FOUND',
+          `No adapter '${id}' is registered; GET /v1/adapters lists them.`,
+          { id },
+        );
       }
       this.assertIdle(id);
       if (this.served.get(group)!.size === 1) {
@@ -311,7 +340,10 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
   private assertIdle(id: string): void {
     const state = this.status.get(id)?.state;
     if (state === 'loading' || state === 'unloading') {
-      throw new MoeError('ADAPTER_BUSY', `Adapter '${id}' is ${state}; retry when that finishes.`, { id, state });
+      throw new MoeError('ADAPTER_BUSY', `Adapter '${id}' is ${state}; retry when that finishes.`, {
+        id,
+        state,
+      });
     }
   }
 
