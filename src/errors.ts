@@ -6,6 +6,10 @@
 export const ERROR_CATALOGUE = {
   // Request input
   INPUT_INVALID: { status: 400, summary: 'The request body or a parameter is invalid.' },
+  INPUT_MALFORMED_JSON: { status: 400, summary: 'The request body is not valid JSON.' },
+  INPUT_UNSUPPORTED_MEDIA_TYPE: { status: 415, summary: 'The request body has a content type the route does not take.' },
+  INPUT_BODY_TOO_LARGE: { status: 413, summary: 'The request body is larger than the server accepts.' },
+  INPUT_TOO_MANY: { status: 413, summary: 'The request has more inputs than the server accepts at once.' },
   INPUT_TOO_LONG: { status: 413, summary: 'An input has more tokens than the model accepts.' },
   INPUT_EMPTY: { status: 422, summary: 'An input text is empty.' },
   // Routing
@@ -29,10 +33,20 @@ export const ERROR_CATALOGUE = {
   ADAPTER_INVALID: { status: 422, summary: 'The adapter folder is not a valid adapter.' },
   ADAPTER_BUSY: { status: 409, summary: 'The adapter is being loaded or unloaded.' },
   ADAPTER_LAST_IN_GROUP: { status: 409, summary: 'A group must keep at least one adapter.' },
+  // Admission and deadlines
+  OVERLOADED: { status: 429, summary: 'Too much work is queued; retry after the delay given.' },
+  REQUEST_TIMEOUT: { status: 504, summary: 'The request was not answered before its deadline.' },
+  DRAINING: { status: 503, summary: 'The server is shutting down and takes no new work.' },
+  // Routes and access
+  ROUTE_NOT_FOUND: { status: 404, summary: 'No route matches the method and path.' },
+  ADMIN_UNAUTHORIZED: { status: 401, summary: 'The admin API key is missing or wrong.' },
+  ADMIN_DISABLED: { status: 403, summary: 'Admin routes are disabled: no admin API key is configured.' },
+  ADAPTER_PATH_FORBIDDEN: { status: 403, summary: 'Adapter folders must be inside the configured adapter root.' },
   // Engine
   ENGINE_WORKER_CRASHED: { status: 503, summary: 'The engine worker running the batch died.' },
   ENGINE_CLOSED: { status: 503, summary: 'The engine is shutting down.' },
   ENGINE_FAILED: { status: 500, summary: 'The engine failed to run a batch.' },
+  INTERNAL: { status: 500, summary: 'An unexpected server error; the log has the details.' },
   ENGINE_PROVIDER_UNAVAILABLE: { status: 500, summary: 'The execution provider cannot start.' },
 } as const satisfies Record<string, { status: number; summary: string }>;
 

@@ -169,6 +169,11 @@ export class Engine extends EventEmitter<EngineEvents> {
     return this.providerInUse;
   }
 
+  /** Workers up and taking batches. */
+  get readyWorkers(): number {
+    return this.slots.filter((slot) => slot.ready && !slot.stopping).length;
+  }
+
   get workerRestarts(): number {
     return this.restarts;
   }

@@ -7,7 +7,7 @@
 
 import type { EngineItemResult, TaskOutput } from '../engine/decode.js';
 import { Engine, type EngineOptions } from '../engine/engine.js';
-import type { ItemRouting } from '../engine/routing.js';
+import { type ItemRouting, routeItem } from '../engine/routing.js';
 import { MoeError } from '../errors.js';
 import { type LoadedPack, loadPack } from '../pack/load.js';
 import { AdapterRegistry } from '../pack/registry.js';
@@ -125,6 +125,9 @@ export class Model {
       k,
       ...(request.exclude === undefined ? {} : { exclude: request.exclude }),
     };
+    // Fail fast, before anything is queued. The engine resolves it again at dispatch against the
+    // graph then current (an adapter may have been unloaded in between).
+    routeItem(this.engine.layout, routing);
     return request.inputs.map((text, index) => {
       if (text.trim().length === 0) {
         throw new MoeError(

@@ -1,0 +1,102 @@
+/**
+ * buildApp(deps): the Fastify instance with every plugin, hook and route. It never listens and
+ * never reads the environment (main.ts does both), so tests build it with real dependencies and
+ * call `app.inject(...)`.
+ *
+ * Cross-cutting work lives here once: the error handler (every error becomes a catalogue code),
+ * the 404 handler, request metrics (onResponse), and the OpenAPI document (from the route schemas).
+ */
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import { MoeError } from './errors.js';
+import { errorBody, handleError } from './http/error-handler.js';
+import { nativeRoutes } from './http/native-routes.js';
+import { opsRoutes } from './http/ops-routes.js';
+import type { Inference } from './inference/service.js';
+import type { Metrics } from './metrics.js';
+
+export interface AppOptions {
+  readonly inference: Inference;
+  readonly metrics: Metrics;
+  readonly limits: {
+    readonly maxInputs: number;
+    readonly maxInputChars: number;
+    readonly requestTimeoutMs: number;
+    readonly bodyLimitBytes: number;
+  };
+  readonly adminApiKey: string | undefined;
+  readonly adapterRoot: string;
+  /** Fastify logger setting; false in tests. */
+  readonly logger?: FastifyServerOptions['logger'];
+  /** Version shown in the OpenAPI document. */
+  readonly version?: string;
+}
+
+export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: options.logger ?? false,
+    bodyLimit: options.limits.bodyLimitBytes,
+    // Strict bodies: unknown fields are errors (not silently dropped), types are not coerced.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+    return503OnClosing: true,
+  });
+
+  // JSON only: a text/plain body is a 415, not a string that fails validation later.
+  app.removeContentTypeParser('text/plain');
+  app.setErrorHandler(handleError);
+  app.setNotFoundHandler((request, reply) => {
+    const error = new MoeError(
+      'ROUTE_NOT_FOUND',
+      `No route ${request.method} ${request.url.split('?')[0]}; /docs lists the routes.`,
+    );
+    return reply.code(404).send(errorBody(error));
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    const labels = {
+      route: request.routeOptions.url ?? 'unmatched',
+      method: request.method,
+      status: String(reply.statusCode),
+    };
+    options.metrics.httpRequests.inc(labels);
+    options.metrics.httpDuration.observe(labels, reply.elapsedTime / 1000);
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'moe-serve',
+        description:
+          'Mixture-of-experts inference: one backbone, adapters routed per input by learned gates. Every answer shows its routing.',
+        version: options.version ?? '0.1.0',
+      },
+      components: {
+        securitySchemes: {
+          bearerAuth: { type: 'http', scheme: 'bearer', description: 'ADMIN_API_KEY' },
+        },
+      },
+      tags: [
+        { name: 'inference', description: 'Run texts through the model.' },
+        { name: 'models', description: 'What the server serves.' },
+        {
+          name: 'adapters',
+          description: 'The adapter registry; loading and unloading need the admin key.',
+        },
+        { name: 'operations', description: 'Health and metrics.' },
+      ],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  await app.register(nativeRoutes, {
+    inference: options.inference,
+    limits: options.limits,
+    adminApiKey: options.adminApiKey,
+    adapterRoot: options.adapterRoot,
+    createdAt: Math.floor(Date.now() / 1000),
+  });
+  await app.register(opsRoutes, { inference: options.inference, metrics: options.metrics });
+  return app;
+}

@@ -1,0 +1,172 @@
+/**
+ * Request and response schemas of the native REST API. They drive validation (ajv, through
+ * fastify) and the OpenAPI document, so what the docs say is what the server checks.
+ */
+import { type Static, type TSchema, Type } from 'typebox';
+
+/** A JSON object with arbitrary keys and values of one schema (OpenAPI-friendly form). */
+export const Dict = <T extends TSchema>(value: T, options: Record<string, unknown> = {}) =>
+  Type.Unsafe<Record<string, Static<T>>>({
+    type: 'object',
+    additionalProperties: value,
+    ...options,
+  });
+
+export const ErrorBody = Type.Object(
+  {
+    error: Type.Object({
+      code: Type.String({ description: 'Stable error code, e.g. ROUTING_UNKNOWN_ADAPTER.' }),
+      message: Type.String({ description: 'What went wrong and what to change.' }),
+      details: Type.Optional(
+        Dict(Type.Unknown(), { description: 'Machine-readable context: field, limit, choices.' }),
+      ),
+    }),
+  },
+  { $id: 'ErrorBody', description: 'Every error answer of the native API.' },
+);
+
+export const InferBody = Type.Object(
+  {
+    inputs: Type.Array(Type.String(), {
+      minItems: 1,
+      description:
+        'Texts to run; each is answered in order. Limits: MAX_INPUTS inputs, MAX_INPUT_CHARS characters each.',
+    }),
+    task: Type.Optional(
+      Type.String({
+        description:
+          "Only this task's output; the adapter its head pins is used. GET /v1/models lists tasks.",
+      }),
+    ),
+    language: Type.Optional(
+      Type.String({ description: "Pin this adapter in the 'language' group." }),
+    ),
+    adapters: Type.Optional(Dict(Type.String(), { description: 'Pins: group id -> adapter id.' })),
+    exclude: Type.Optional(
+      Type.Array(Type.String(), { description: 'Adapter ids never to route to.' }),
+    ),
+    top_k: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        description: 'Adapters mixed in every gated group that is not pinned (1..group size).',
+      }),
+    ),
+    return: Type.Optional(
+      Type.Array(Type.Union([Type.Literal('embedding'), Type.Literal('scores')]), {
+        description:
+          "Extra fields per result: 'embedding' (L2-normalised vector), 'scores' (every label's probability).",
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type InferBody = Static<typeof InferBody>;
+
+const RoutedAdapter = Type.Object({
+  adapter: Type.String(),
+  weight: Type.Number({ description: 'Mixing weight; the weights of a group sum to 1.' }),
+});
+
+const TaskOutput = Type.Object({
+  label: Type.String(),
+  score: Type.Number({ description: 'Probability of the label.' }),
+  scores: Type.Optional(
+    Dict(Type.Number(), { description: 'label -> probability (with return: ["scores"]).' }),
+  ),
+});
+
+export const InferResponse = Type.Object({
+  model: Type.String(),
+  results: Type.Array(
+    Type.Object({
+      routing: Dict(Type.Array(RoutedAdapter), {
+        description: 'group id -> adapters this input went through, best first.',
+      }),
+      outputs: Dict(TaskOutput, { description: 'task id -> prediction.' }),
+      embedding: Type.Optional(Type.Array(Type.Number())),
+      tokens: Type.Integer({ description: 'Tokens fed to the model, special tokens included.' }),
+      truncated: Type.Boolean({ description: 'The input was cut to the model maximum length.' }),
+    }),
+  ),
+  usage: Type.Object({ input_tokens: Type.Integer() }),
+});
+export type InferResponse = Static<typeof InferResponse>;
+
+export const AdapterInfo = Type.Object({
+  id: Type.String(),
+  group: Type.String(),
+  type: Type.Literal('bottleneck'),
+  rank: Type.Integer(),
+  activation: Type.String(),
+  state: Type.Union([
+    Type.Literal('loading'),
+    Type.Literal('ready'),
+    Type.Literal('failed'),
+    Type.Literal('unloading'),
+  ]),
+  loaded_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  source: Type.String({ description: "'pack', or the folder it was loaded from." }),
+  gated: Type.Boolean({ description: 'The gate scores it; false: reachable by pinning only.' }),
+  error: Type.Optional(Type.String({ description: 'Why the last load failed (state failed).' })),
+});
+
+export const AdapterList = Type.Object({
+  object: Type.Literal('list'),
+  data: Type.Array(AdapterInfo),
+});
+
+export const LoadAdapterBody = Type.Object(
+  {
+    path: Type.String({
+      minLength: 1,
+      description:
+        'Adapter folder (adapter_config.json + adapter.safetensors), inside ADAPTER_ROOT.',
+    }),
+    id: Type.Optional(
+      Type.String({
+        pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$',
+        description: "Serve it under this id instead of its config's.",
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type LoadAdapterBody = Static<typeof LoadAdapterBody>;
+
+export const AdapterIdParams = Type.Object({ id: Type.String() });
+
+export const ModelCard = Type.Object({
+  id: Type.String(),
+  object: Type.Literal('model'),
+  created: Type.Integer({ description: 'Unix seconds when this server loaded the model.' }),
+  owned_by: Type.String(),
+  version: Type.String(),
+  description: Type.String(),
+  hidden_size: Type.Integer(),
+  max_length: Type.Integer(),
+  groups: Type.Array(
+    Type.Object({
+      id: Type.String(),
+      gated: Type.Boolean(),
+      default_k: Type.Integer(),
+      adapters: Type.Array(Type.String()),
+    }),
+  ),
+  tasks: Type.Array(
+    Type.Object({
+      id: Type.String(),
+      labels: Type.Array(Type.String()),
+      pin: Type.Optional(Type.Object({ group: Type.String(), adapter: Type.String() })),
+    }),
+  ),
+});
+
+export const ModelList = Type.Object({ object: Type.Literal('list'), data: Type.Array(ModelCard) });
+
+export const Liveness = Type.Object({ status: Type.Literal('ok') });
+
+export const Readiness = Type.Object({
+  ready: Type.Boolean(),
+  checks: Dict(Type.Boolean()),
+  execution_provider: Type.Union([Type.String(), Type.Null()]),
+});

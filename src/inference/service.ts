@@ -1,0 +1,242 @@
+/**
+ * The `Inference` interface the HTTP layer talks to, and its embedded implementation: tokenizer,
+ * batcher and engine in this process. (Queue mode implements the same interface over Redis.)
+ */
+import { MoeError } from '../errors.js';
+import type { Metrics } from '../metrics.js';
+import type { AdapterInfo } from '../pack/registry.js';
+import type { BatchLimits } from './batch-policy.js';
+import { Batcher, type BatchStats, type ItemAnswer } from './batcher.js';
+import { type InferRequest, type InferResult, type Model, toResult } from './model.js';
+
+export interface InferOptions {
+  /** Absolute deadline on the performance.now() clock. */
+  readonly deadline: number;
+  /** Aborted when the client goes away: its queued items are dropped. */
+  readonly signal?: AbortSignal;
+}
+
+/** Where a request's time went, in milliseconds (the slowest item's for queue and stages). */
+export interface Timings {
+  readonly tokenizeMs: number;
+  readonly queueMs: number;
+  readonly backboneMs: number;
+  readonly mixtureMs: number;
+}
+
+export interface InferAnswer {
+  readonly model: string;
+  readonly results: InferResult[];
+  readonly inputTokens: number;
+  readonly timings: Timings;
+}
+
+export interface ModelDescription {
+  readonly id: string;
+  readonly version: string;
+  readonly description: string;
+  readonly hiddenSize: number;
+  readonly maxLength: number;
+  readonly groups: readonly {
+    id: string;
+    gated: boolean;
+    defaultK: number;
+    adapters: readonly string[];
+  }[];
+  readonly tasks: readonly {
+    id: string;
+    labels: readonly string[];
+    pin: { group: string; adapter: string } | undefined;
+  }[];
+}
+
+export interface Readiness {
+  readonly ready: boolean;
+  readonly checks: Readonly<Record<string, boolean>>;
+  readonly executionProvider: string | undefined;
+}
+
+export interface Inference {
+  infer(request: InferRequest, options: InferOptions): Promise<InferAnswer>;
+  describe(): ModelDescription;
+  adapters(): AdapterInfo[];
+  loadAdapter(folder: string, id?: string): Promise<AdapterInfo>;
+  unloadAdapter(id: string): Promise<void>;
+  readiness(): Readiness;
+  /** Stop taking work, answer what was accepted, stop the engine. Idempotent. */
+  close(): Promise<void>;
+}
+
+export interface EmbeddedOptions extends BatchLimits {
+  readonly maxQueuedItems: number;
+}
+
+export class EmbeddedInference implements Inference {
+  private readonly batcher: Batcher;
+  private draining = false;
+  private closing: Promise<void> | undefined;
+
+  constructor(
+    private readonly model: Model,
+    private readonly metrics: Metrics,
+    options: EmbeddedOptions,
+  ) {
+    this.batcher = new Batcher(model.engine, {
+      ...options,
+      onBatch: (stats) => this.recordBatch(stats),
+      onDrop: (reason) => metrics.rejected.inc({ reason }),
+    });
+    model.engine.on('worker-restart', () => metrics.workerRestarts.inc());
+    model.registry.on('loaded', (e) => this.recordAdapterOperation('load', 'ok', e.seconds));
+    model.registry.on('unloaded', (e) => this.recordAdapterOperation('unload', 'ok', e.seconds));
+    model.registry.on('failed', (e) =>
+      this.recordAdapterOperation(e.operation, 'error', e.seconds),
+    );
+    metrics.engineWorkers.set(model.engine.settings.workers);
+    metrics.buildInfo.set({ model: model.name, version: model.pack.manifest.version }, 1);
+    this.recordAdapterCounts();
+    metrics.onCollect(() => {
+      metrics.queueDepth.set(this.batcher.queued);
+      const provider = model.engine.provider;
+      if (provider !== undefined) {
+        metrics.executionProvider.set(
+          { provider, requested: model.engine.settings.executionProvider },
+          1,
+        );
+      }
+    });
+  }
+
+  async infer(request: InferRequest, options: InferOptions): Promise<InferAnswer> {
+    if (this.draining)
+      throw new MoeError('DRAINING', 'The server is shutting down; retry on another instance.');
+    const t0 = performance.now();
+    const items = this.model.prepare(request);
+    const tokenizeMs = performance.now() - t0;
+    this.metrics.stageDuration.observe({ stage: 'tokenize' }, tokenizeMs / 1000);
+    let answers: ItemAnswer[];
+    try {
+      answers = await this.batcher.submit(items, options);
+    } catch (error) {
+      if (error instanceof MoeError && error.code === 'OVERLOADED')
+        this.metrics.rejected.inc({ reason: 'overloaded' });
+      throw error;
+    }
+    let inputTokens = 0;
+    const results = answers.map((answer, i) => {
+      const item = items[i]!;
+      inputTokens += item.ids.length;
+      this.metrics.stageDuration.observe({ stage: 'queue' }, answer.queueMs / 1000);
+      this.recordRouting(answer.result.routing);
+      return toResult(answer.result, item);
+    });
+    this.metrics.inputTokens.inc(inputTokens);
+    return {
+      model: this.model.name,
+      results,
+      inputTokens,
+      timings: {
+        tokenizeMs,
+        queueMs: Math.max(...answers.map((a) => a.queueMs)),
+        backboneMs: Math.max(...answers.map((a) => a.backboneMs)),
+        mixtureMs: Math.max(...answers.map((a) => a.mixtureMs)),
+      },
+    };
+  }
+
+  describe(): ModelDescription {
+    const { pack, engine } = this.model;
+    return {
+      id: this.model.name,
+      version: pack.manifest.version,
+      description: pack.manifest.description ?? '',
+      hiddenSize: pack.hiddenSize,
+      maxLength: pack.maxLength,
+      groups: engine.layout.groups.map((g) => ({
+        id: g.id,
+        gated: g.gated,
+        defaultK: g.defaultK,
+        adapters: g.adapters,
+      })),
+      tasks: pack.heads.map((h) => ({ id: h.id, labels: h.labels, pin: h.pin })),
+    };
+  }
+
+  adapters(): AdapterInfo[] {
+    return this.model.registry.list();
+  }
+
+  async loadAdapter(folder: string, id?: string): Promise<AdapterInfo> {
+    const info = await this.model.registry.load(folder, id === undefined ? {} : { id });
+    this.recordAdapterCounts();
+    return info;
+  }
+
+  async unloadAdapter(id: string): Promise<void> {
+    await this.model.registry.unload(id);
+    this.recordAdapterCounts();
+  }
+
+  readiness(): Readiness {
+    const engine = this.model.engine;
+    const checks = {
+      model_loaded: true,
+      engine_workers_up: engine.readyWorkers > 0,
+      not_draining: !this.draining,
+    };
+    return {
+      ready: Object.values(checks).every(Boolean),
+      checks,
+      executionProvider: engine.provider,
+    };
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.draining = true;
+      this.batcher.close();
+      await this.model.close();
+    })();
+    return this.closing;
+  }
+
+  // --- metrics --------------------------------------------------------------------------------
+
+  private recordBatch(stats: BatchStats): void {
+    if (stats.paddedTokens === 0) return; // every item failed routing: nothing ran
+    const m = this.metrics;
+    m.batchSize.observe(stats.items);
+    m.batchTokens.observe(stats.paddedTokens);
+    if (stats.paddedTokens > 0)
+      m.batchPaddingRatio.observe(1 - stats.realTokens / stats.paddedTokens);
+    m.stageDuration.observe({ stage: 'backbone' }, stats.backboneMs / 1000);
+    m.stageDuration.observe({ stage: 'mixture' }, stats.mixtureMs / 1000);
+  }
+
+  private recordRouting(routing: InferResult['routing']): void {
+    for (const [group, chosen] of Object.entries(routing)) {
+      let entropy = 0;
+      for (const { adapter, weight } of chosen) {
+        this.metrics.adapterSelections.inc({ group, adapter });
+        this.metrics.adapterWeight.inc({ group, adapter }, weight);
+        if (weight > 0) entropy -= weight * Math.log(weight);
+      }
+      this.metrics.gateEntropy.observe({ group }, entropy);
+    }
+  }
+
+  private recordAdapterOperation(
+    operation: 'load' | 'unload',
+    result: 'ok' | 'error',
+    seconds: number,
+  ): void {
+    this.metrics.adapterOperations.inc({ operation, result });
+    this.metrics.adapterOperationDuration.observe({ operation }, seconds);
+  }
+
+  private recordAdapterCounts(): void {
+    for (const group of this.model.engine.layout.groups) {
+      this.metrics.adaptersLoaded.set({ group: group.id }, group.adapters.length);
+    }
+  }
+}

@@ -1,0 +1,170 @@
+/**
+ * Every Prometheus metric the server exports, defined in one place (the only importer of
+ * prom-client besides the /metrics route, which asks this module for the text).
+ *
+ * Conventions: base units (seconds, bytes), counters end in `_total`, label values are bounded
+ * (routes are templates, statuses are numbers, adapters and groups come from the registry).
+ */
+import client from 'prom-client';
+
+const LATENCY_BUCKETS = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+];
+
+export class Metrics {
+  readonly registry = new client.Registry();
+
+  readonly httpRequests = new client.Counter({
+    name: 'moe_http_requests_total',
+    help: 'HTTP requests answered, by route template, method and status code.',
+    labelNames: ['route', 'method', 'status'] as const,
+    registers: [this.registry],
+  });
+
+  readonly httpDuration = new client.Histogram({
+    name: 'moe_http_request_duration_seconds',
+    help: 'Time from receiving an HTTP request to sending its answer.',
+    labelNames: ['route', 'method', 'status'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly queueDepth = new client.Gauge({
+    name: 'moe_queue_depth_items',
+    help: 'Items admitted and waiting for a batch.',
+    registers: [this.registry],
+  });
+
+  readonly rejected = new client.Counter({
+    name: 'moe_requests_rejected_total',
+    help: 'Requests refused before running, by reason (overloaded, timeout, draining, client_gone).',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
+  readonly batchSize = new client.Histogram({
+    name: 'moe_batch_size_items',
+    help: 'Items per engine batch.',
+    buckets: [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256],
+    registers: [this.registry],
+  });
+
+  readonly batchTokens = new client.Histogram({
+    name: 'moe_batch_tokens',
+    help: 'Padded tokens per engine batch (items x longest item).',
+    buckets: [16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768],
+    registers: [this.registry],
+  });
+
+  readonly batchPaddingRatio = new client.Histogram({
+    name: 'moe_batch_padding_ratio',
+    help: 'Share of padded tokens that are padding, per batch.',
+    buckets: [0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1],
+    registers: [this.registry],
+  });
+
+  readonly stageDuration = new client.Histogram({
+    name: 'moe_stage_duration_seconds',
+    help: 'Time per stage of the request path: tokenize, queue (per item), backbone and mixture (per batch).',
+    labelNames: ['stage'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly inputTokens = new client.Counter({
+    name: 'moe_input_tokens_total',
+    help: 'Tokens of the inputs run through the model (special tokens included).',
+    registers: [this.registry],
+  });
+
+  readonly adapterSelections = new client.Counter({
+    name: 'moe_adapter_selections_total',
+    help: 'Times an adapter was mixed into an item, by group and adapter.',
+    labelNames: ['group', 'adapter'] as const,
+    registers: [this.registry],
+  });
+
+  readonly adapterWeight = new client.Counter({
+    name: 'moe_adapter_weight_total',
+    help: 'Summed routing weight given to an adapter, by group and adapter (its share of the traffic).',
+    labelNames: ['group', 'adapter'] as const,
+    registers: [this.registry],
+  });
+
+  readonly gateEntropy = new client.Histogram({
+    name: 'moe_gate_entropy_nats',
+    help: 'Entropy of the routing weights of an item in a group (0: one adapter took everything).',
+    labelNames: ['group'] as const,
+    buckets: [0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1, 1.5, 2, 3],
+    registers: [this.registry],
+  });
+
+  readonly adapterOperations = new client.Counter({
+    name: 'moe_adapter_operations_total',
+    help: 'Adapter loads and unloads, by operation and result.',
+    labelNames: ['operation', 'result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly adapterOperationDuration = new client.Histogram({
+    name: 'moe_adapter_operation_duration_seconds',
+    help: 'Time to load or unload an adapter, compile the mixture graph and swap it in every worker.',
+    labelNames: ['operation'] as const,
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+
+  readonly adaptersLoaded = new client.Gauge({
+    name: 'moe_adapters_loaded',
+    help: 'Adapters served, by group.',
+    labelNames: ['group'] as const,
+    registers: [this.registry],
+  });
+
+  readonly workerRestarts = new client.Counter({
+    name: 'moe_engine_worker_restarts_total',
+    help: 'Engine worker threads restarted after they died.',
+    registers: [this.registry],
+  });
+
+  readonly engineWorkers = new client.Gauge({
+    name: 'moe_engine_workers',
+    help: 'Engine worker threads configured.',
+    registers: [this.registry],
+  });
+
+  readonly executionProvider = new client.Gauge({
+    name: 'moe_execution_provider_info',
+    help: 'The execution provider the engine really runs on (value 1), and the one configured.',
+    labelNames: ['provider', 'requested'] as const,
+    registers: [this.registry],
+  });
+
+  readonly buildInfo = new client.Gauge({
+    name: 'moe_model_info',
+    help: 'The model pack served (value 1).',
+    labelNames: ['model', 'version'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly collectors: (() => void)[] = [];
+
+  constructor() {
+    // Node's process metrics, event-loop lag (nodejs_eventloop_lag_seconds) among them.
+    client.collectDefaultMetrics({ register: this.registry });
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** Run `collect` before every scrape, to set gauges that mirror live state. */
+  onCollect(collect: () => void): void {
+    this.collectors.push(collect);
+  }
+
+  text(): Promise<string> {
+    for (const collect of this.collectors) collect();
+    return this.registry.metrics();
+  }
+}
