@@ -39,7 +39,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     bodyLimit: options.limits.bodyLimitBytes,
     // Strict bodies: unknown fields are errors (not silently dropped), types are not coerced.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-    return503OnClosing: true,
+    // Requests that arrive while closing get our own DRAINING answer (below), not fastify's.
+    return503OnClosing: false,
   });
 
   // JSON only: a text/plain body is a 415, not a string that fails validation later.
@@ -51,6 +52,16 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
       `No route ${request.method} ${request.url.split('?')[0]}; /docs lists the routes.`,
     );
     return reply.code(404).send(errorBody(error));
+  });
+
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onRequest', async () => {
+    if (closing) {
+      throw new MoeError('DRAINING', 'The server is shutting down and takes no new requests; retry on another instance.');
+    }
   });
 
   app.addHook('onResponse', async (request, reply) => {
