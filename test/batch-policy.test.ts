@@ -4,31 +4,40 @@ import { type BatchLimits, decideBatch, fillBatch } from '../src/inference/batch
 
 const limits: BatchLimits = { maxBatchItems: 4, maxBatchTokens: 100, maxQueueDelayMs: 5 };
 const item = (tokens: number, enqueuedAt = 0) => ({ tokens, enqueuedAt });
+const idle = { idleWorker: true, freeSlot: true };
+const busyWithSlot = { idleWorker: false, freeSlot: true };
+const full = { idleWorker: false, freeSlot: false };
 
 describe('decideBatch', () => {
   it('is idle with nothing pending or no room in the engine', () => {
-    assert.deepEqual(decideBatch([], 0, limits, true), { kind: 'idle' });
-    assert.deepEqual(decideBatch([item(5)], 100, limits, false), { kind: 'idle' });
+    assert.deepEqual(decideBatch([], 0, limits, idle), { kind: 'idle' });
+    assert.deepEqual(decideBatch([item(5)], 100, limits, full), { kind: 'idle' });
   });
 
   it('waits for company until the oldest item has waited maxQueueDelayMs', () => {
-    assert.deepEqual(decideBatch([item(5, 10)], 12, limits, true), { kind: 'wait', ms: 3 });
-    assert.deepEqual(decideBatch([item(5, 10)], 15, limits, true), { kind: 'take', indexes: [0] });
+    assert.deepEqual(decideBatch([item(5, 10)], 12, limits, idle), { kind: 'wait', ms: 3 });
+    assert.deepEqual(decideBatch([item(5, 10)], 15, limits, idle), { kind: 'take', indexes: [0] });
   });
 
   it('takes at once with no delay configured', () => {
     const now = { ...limits, maxQueueDelayMs: 0 };
-    assert.deepEqual(decideBatch([item(5, 10)], 10, now, true), { kind: 'take', indexes: [0] });
+    assert.deepEqual(decideBatch([item(5, 10)], 10, now, idle), { kind: 'take', indexes: [0] });
   });
 
   it('takes a full batch at once, however young', () => {
     const pending = [item(5), item(5), item(5), item(5), item(5)];
-    assert.deepEqual(decideBatch(pending, 0, limits, true), { kind: 'take', indexes: [0, 1, 2, 3] });
+    assert.deepEqual(decideBatch(pending, 0, limits, idle), { kind: 'take', indexes: [0, 1, 2, 3] });
+  });
+
+  it('sends only a full batch ahead while every worker is busy', () => {
+    const five = [item(5), item(5), item(5), item(5), item(5)];
+    assert.deepEqual(decideBatch(five, 0, limits, busyWithSlot), { kind: 'take', indexes: [0, 1, 2, 3] });
+    assert.deepEqual(decideBatch([item(5, 0), item(5, 0)], 100, limits, busyWithSlot), { kind: 'idle' });
   });
 
   it('takes at once when the token budget leaves items behind', () => {
     const pending = [item(40), item(40), item(40)]; // 3 x 40 > 100
-    assert.deepEqual(decideBatch(pending, 0, limits, true), { kind: 'take', indexes: [0, 1] });
+    assert.deepEqual(decideBatch(pending, 0, limits, idle), { kind: 'take', indexes: [0, 1] });
   });
 });
 

@@ -54,6 +54,9 @@ function sessionOptions(settings: SessionSettings): ort.InferenceSession.Session
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
+    // Idle intra-op threads must sleep, not spin: spinning pools took both cores between batches
+    // and starved the HTTP thread (measured: engine CPU per item 10 -> 4 ms at batch 1).
+    extra: { session: { intra_op: { allow_spinning: '0' } } },
   };
 }
 

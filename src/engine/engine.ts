@@ -169,6 +169,11 @@ export class Engine extends EventEmitter<EngineEvents> {
     return this.providerInUse;
   }
 
+  /** Ready workers with no batch in flight. */
+  get idleWorkers(): number {
+    return this.slots.filter((slot) => slot.ready && !slot.stopping && slot.inFlight.size === 0).length;
+  }
+
   /** Workers up and taking batches. */
   get readyWorkers(): number {
     return this.slots.filter((slot) => slot.ready && !slot.stopping).length;

@@ -18,8 +18,10 @@ import { type BatchLimits, decideBatch } from './batch-policy.js';
 /** What the batcher needs from the engine. */
 export interface BatchRunner {
   run(items: readonly EngineItem[]): Promise<BatchOutcome>;
-  /** Batches the engine would start now rather than queue. */
+  /** Batches the engine would accept now (started at once or queued in a worker's pipeline). */
   readonly freeCapacity: number;
+  /** Workers with no batch in flight: a batch sent now starts at once. */
+  readonly idleWorkers: number;
 }
 
 export interface BatcherOptions extends BatchLimits {
@@ -159,7 +161,7 @@ export class Batcher {
         this.pending,
         performance.now(),
         this.options,
-        this.engine.freeCapacity > 0,
+        { idleWorker: this.engine.idleWorkers > 0, freeSlot: this.engine.freeCapacity > 0 },
       );
       if (decision.kind === 'idle') return;
       if (decision.kind === 'wait') {
