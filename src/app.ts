@@ -10,14 +10,19 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { MoeError } from './errors.js';
-import { errorBody, handleError } from './http/error-handler.js';
+import { handleError } from './http/error-handler.js';
+import { jobRoutes } from './http/job-routes.js';
+import { kserveRoutes } from './http/kserve-routes.js';
 import { nativeRoutes } from './http/native-routes.js';
+import { openaiRoutes } from './http/openai-routes.js';
 import { opsRoutes } from './http/ops-routes.js';
-import type { Inference } from './inference/service.js';
+import type { Inference, JobQueue } from './inference/service.js';
 import type { Metrics } from './metrics.js';
 
 export interface AppOptions {
   readonly inference: Inference;
+  /** Durable jobs (queue mode); undefined: /v1/jobs answers 501 QUEUE_MODE_REQUIRED. */
+  readonly jobs?: JobQueue | undefined;
   readonly metrics: Metrics;
   readonly limits: {
     readonly maxInputs: number;
@@ -51,7 +56,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
       'ROUTE_NOT_FOUND',
       `No route ${request.method} ${request.url.split('?')[0]}; /docs lists the routes.`,
     );
-    return reply.code(404).send(errorBody(error));
+    return handleError(error, request, reply); // in the format of the URL's family (/v2: KServe)
   });
 
   let closing = false;
@@ -96,18 +101,45 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
           description: 'The adapter registry; loading and unloading need the admin key.',
         },
         { name: 'operations', description: 'Health and metrics.' },
+        {
+          name: 'jobs',
+          description: 'Durable jobs: queue now, read the result later (queue mode, QUEUE=redis).',
+        },
+        {
+          name: 'openai',
+          description: "OpenAI-compatible: embeddings; errors in OpenAI's form.",
+        },
+        {
+          name: 'kserve',
+          description:
+            'KServe v2 / Open Inference Protocol (binary tensor data, model repository).',
+        },
       ],
     },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
+  const createdAt = Math.floor(Date.now() / 1000);
   await app.register(nativeRoutes, {
     inference: options.inference,
     limits: options.limits,
     adminApiKey: options.adminApiKey,
     adapterRoot: options.adapterRoot,
-    createdAt: Math.floor(Date.now() / 1000),
+    createdAt,
   });
+  await app.register(openaiRoutes, {
+    inference: options.inference,
+    limits: options.limits,
+    createdAt,
+  });
+  await app.register(kserveRoutes, {
+    inference: options.inference,
+    limits: options.limits,
+    adminApiKey: options.adminApiKey,
+    adapterRoot: options.adapterRoot,
+    version: options.version ?? '0.1.0',
+  });
+  await app.register(jobRoutes, { jobs: options.jobs, limits: options.limits });
   await app.register(opsRoutes, { inference: options.inference, metrics: options.metrics });
   return app;
 }

@@ -37,6 +37,26 @@ const text: Parser<string> = (raw) => {
   return raw;
 };
 
+const redisUrl: Parser<string> = (raw) => {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new Error('must be a URL such as redis://127.0.0.1:6379');
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
+    throw new Error('must start with redis:// or rediss://');
+  }
+  return raw;
+};
+
+const queueName: Parser<string> = (raw) => {
+  if (!/^[A-Za-z0-9._-]{1,100}$/.test(raw)) {
+    throw new Error('must be 1-100 letters, digits, dots, dashes or underscores (no colons)');
+  }
+  return raw;
+};
+
 const cores = availableParallelism();
 
 /** name -> spec. Order is the README's order. */
@@ -114,6 +134,66 @@ export const VARIABLES = {
     parse: text,
     doc: 'Folder that adapter folders loaded through the API must be inside (relative paths are resolved against it).',
   },
+  QUEUE: {
+    default: 'embedded',
+    parse: oneOf('embedded', 'redis'),
+    doc: "'embedded': this process runs the model. 'redis': this API process tokenizes and puts requests on a BullMQ queue in Redis; worker processes (`npm run worker`) run them.",
+  },
+  REDIS_URL: {
+    default: 'redis://127.0.0.1:6379',
+    parse: redisUrl,
+    doc: 'Redis of queue mode (API and worker roles), as redis://[user:password@]host:port[/db] or rediss:// for TLS.',
+  },
+  QUEUE_NAME: {
+    default: 'moe-infer',
+    parse: queueName,
+    doc: 'BullMQ queue name. Every API and worker process of one deployment uses the same name and the same model pack.',
+  },
+  QUEUE_PREFIX: {
+    default: 'moe',
+    parse: queueName,
+    doc: 'Prefix of every Redis key of the queue, to share one Redis between deployments.',
+  },
+  QUEUE_ADD_TIMEOUT_MS: {
+    default: 1000,
+    parse: int(10, 60_000),
+    doc: 'Longest wait for Redis to accept a job; past it (or at once while Redis is disconnected) the answer is 503 QUEUE_UNAVAILABLE. Shorter: fail faster when Redis hangs; longer: ride out slow Redis.',
+  },
+  JOB_ATTEMPTS: {
+    default: 3,
+    parse: int(1, 100),
+    doc: 'Times a job is run at most when a worker fails it (engine errors) and, separately, when workers die holding it (stalled). Deadline and request errors are never retried.',
+  },
+  JOB_BACKOFF_MS: {
+    default: 100,
+    parse: int(0, 600_000),
+    doc: 'First retry delay of a failed job; it doubles with each retry.',
+  },
+  JOB_LOCK_MS: {
+    default: 5000,
+    parse: int(1000, 600_000),
+    doc: "A worker's lock on its jobs, renewed every half of it. A worker that dies loses its jobs to the others after about 1 to 1.5 times this. Shorter: faster takeover; longer: tolerates longer event-loop stalls.",
+  },
+  JOB_TIMEOUT_MS: {
+    default: 600_000,
+    parse: int(1, 86_400_000),
+    doc: 'Deadline of a durable job (POST /v1/jobs): a job not started by then fails with REQUEST_TIMEOUT and is not run.',
+  },
+  JOB_RESULT_TTL_SECONDS: {
+    default: 3600,
+    parse: int(1, 30 * 86_400),
+    doc: 'How long finished jobs (results and errors) stay readable at GET /v1/jobs/{id}; costs Redis memory per job.',
+  },
+  WORKER_CONCURRENCY: {
+    default: 32,
+    parse: int(1, 10_000),
+    doc: "Jobs one worker process holds at once; their inputs share the worker's engine batches. More: bigger batches at low load; fewer: jobs wait in Redis, where finishing one job fetches the next in the same call (less Redis work per job), and idle workers find work that a busy one would otherwise hoard.",
+  },
+  WORKER_METRICS_PORT: {
+    default: undefined,
+    parse: int(0, 65535),
+    doc: 'Worker role: serve /metrics and /health/ready on this port (0: any free port, logged). Unset: no HTTP server in the worker.',
+  },
   SHUTDOWN_TIMEOUT_MS: {
     default: 30_000,
     parse: int(0, 3_600_000),
@@ -150,7 +230,10 @@ export function loadConfig(
     try {
       config[name] = spec.parse(raw);
     } catch (error) {
-      const shown = name.endsWith('_KEY') ? '<redacted>' : JSON.stringify(raw);
+      const shown = name.endsWith('_KEY')
+        ? '<redacted>'
+        : // A URL's user:password@ part is a secret too (REDIS_URL).
+          JSON.stringify(raw.replace(/\/\/.*@/, '//<redacted>@'));
       problems.push(`${name}=${shown}: ${(error as Error).message}`);
     }
   }

@@ -37,8 +37,19 @@ export const ERROR_CATALOGUE = {
   OVERLOADED: { status: 429, summary: 'Too much work is queued; retry after the delay given.' },
   REQUEST_TIMEOUT: { status: 504, summary: 'The request was not answered before its deadline.' },
   DRAINING: { status: 503, summary: 'The server is shutting down and takes no new work.' },
+  // nginx's convention; the client never sees it (it left), but logs and metrics do.
+  CLIENT_CLOSED: { status: 499, summary: 'The client closed the connection before the answer.' },
+  // Queue mode (QUEUE=redis)
+  QUEUE_UNAVAILABLE: { status: 503, summary: 'Redis, which queue mode needs, cannot be reached.' },
+  QUEUE_MODE_REQUIRED: { status: 501, summary: 'The route needs queue mode (QUEUE=redis).' },
+  QUEUE_MODE_UNSUPPORTED: { status: 501, summary: 'The route is not available in queue mode.' },
+  JOB_NOT_FOUND: { status: 404, summary: 'No job with this id (or its result has expired).' },
   // Routes and access
   ROUTE_NOT_FOUND: { status: 404, summary: 'No route matches the method and path.' },
+  MODEL_NOT_FOUND: {
+    status: 404,
+    summary: 'The request names a model id the server does not serve.',
+  },
   ADMIN_UNAUTHORIZED: { status: 401, summary: 'The admin API key is missing or wrong.' },
   ADMIN_DISABLED: { status: 403, summary: 'Admin routes are disabled: no admin API key is configured.' },
   ADAPTER_PATH_FORBIDDEN: { status: 403, summary: 'Adapter folders must be inside the configured adapter root.' },

@@ -4,11 +4,14 @@
  * workers by message, exit 0).
  */
 import { buildApp } from './app.js';
-import { loadConfig } from './config.js';
-import { Model } from './inference/model.js';
-import { EmbeddedInference } from './inference/service.js';
+import { type Config, loadConfig } from './config.js';
+import { Model, ModelFrontend } from './inference/model.js';
+import { EmbeddedInference, type Inference, type JobQueue } from './inference/service.js';
 import { Metrics } from './metrics.js';
 import { DEFAULT_PACK_DIR, ensurePack } from './tools/default-pack.js';
+import { queueSettings } from './transport/contract.js';
+import { QueueInference } from './transport/queue-client.js';
+import { jsonLogger } from './util/log.js';
 
 async function main(): Promise<void> {
   const config = loadConfig();
@@ -17,24 +20,14 @@ async function main(): Promise<void> {
     config.MODEL_DIR === DEFAULT_PACK_DIR ? undefined : config.MODEL_DIR,
     log,
   );
-  const model = await Model.open({
-    packDir,
-    truncation: config.TRUNCATION,
-    engine: {
-      workers: config.ENGINE_WORKERS,
-      ...(config.ENGINE_THREADS === undefined ? {} : { intraOpThreads: config.ENGINE_THREADS }),
-      executionProvider: config.EXECUTION_PROVIDER,
-    },
-  });
   const metrics = new Metrics();
-  const inference = new EmbeddedInference(model, metrics, {
-    maxBatchItems: config.MAX_BATCH_ITEMS,
-    maxBatchTokens: config.MAX_BATCH_TOKENS,
-    maxQueueDelayMs: config.MAX_QUEUE_DELAY_MS,
-    maxQueuedItems: config.MAX_QUEUED_ITEMS,
-  });
+  const { model, inference, jobs } =
+    config.QUEUE === 'redis'
+      ? await openQueueMode(config, packDir, metrics)
+      : await openEmbedded(config, packDir, metrics);
   const app = await buildApp({
     inference,
+    jobs,
     metrics,
     logger: { level: config.LOG_LEVEL },
     limits: {
@@ -57,8 +50,12 @@ async function main(): Promise<void> {
         process.exit(1);
       }, config.SHUTDOWN_TIMEOUT_MS);
       timer.unref();
-      await app.close(); // stops accepting; waits for in-flight requests
-      await inference.close(); // drains the batcher, stops engine workers by message
+      const httpClosed = app.close(); // stops accepting; in-flight requests go on
+      await inference.close(); // embedded: drains the batcher, stops engine workers; queue: closes Redis links
+      // Every accepted request has its answer now. Keep-alive connections that never sent a
+      // request would hold server.close() open: give answers a moment to flush, then cut them.
+      setTimeout(() => app.server.closeAllConnections(), 1000).unref();
+      await httpClosed;
       app.log.info('stopped');
       process.exit(0);
     })();
@@ -70,13 +67,57 @@ async function main(): Promise<void> {
   app.log.info(
     {
       model: model.name,
-      workers: model.engine.settings.workers,
-      intraOpThreads: model.engine.settings.intraOpThreads,
-      provider: model.engine.provider,
+      queue: config.QUEUE,
+      ...(model instanceof Model
+        ? {
+            workers: model.engine.settings.workers,
+            intraOpThreads: model.engine.settings.intraOpThreads,
+            provider: model.engine.provider,
+          }
+        : {}),
       adminRoutes: config.ADMIN_API_KEY === undefined ? 'disabled' : 'enabled',
     },
     `serving ${model.name}; API docs at /docs`,
   );
+}
+
+interface Served {
+  readonly model: ModelFrontend;
+  readonly inference: Inference;
+  readonly jobs: JobQueue | undefined;
+}
+
+/** Embedded mode: pack, tokenizer, batcher and engine in this process. */
+async function openEmbedded(config: Config, packDir: string, metrics: Metrics): Promise<Served> {
+  const model = await Model.open({
+    packDir,
+    truncation: config.TRUNCATION,
+    engine: {
+      workers: config.ENGINE_WORKERS,
+      ...(config.ENGINE_THREADS === undefined ? {} : { intraOpThreads: config.ENGINE_THREADS }),
+      executionProvider: config.EXECUTION_PROVIDER,
+    },
+  });
+  const inference = new EmbeddedInference(model, metrics, {
+    maxBatchItems: config.MAX_BATCH_ITEMS,
+    maxBatchTokens: config.MAX_BATCH_TOKENS,
+    maxQueueDelayMs: config.MAX_QUEUE_DELAY_MS,
+    maxQueuedItems: config.MAX_QUEUED_ITEMS,
+  });
+  return { model, inference, jobs: undefined };
+}
+
+/** Queue mode: tokenize here (no engine), run on workers (`npm run worker`) over Redis. */
+async function openQueueMode(config: Config, packDir: string, metrics: Metrics): Promise<Served> {
+  const model = await ModelFrontend.open({ packDir, truncation: config.TRUNCATION });
+  const inference = new QueueInference(model, metrics, {
+    settings: queueSettings(config),
+    addTimeoutMs: config.QUEUE_ADD_TIMEOUT_MS,
+    maxQueuedItems: config.MAX_QUEUED_ITEMS,
+    jobTimeoutMs: config.JOB_TIMEOUT_MS,
+    log: jsonLogger(config.LOG_LEVEL),
+  });
+  return { model, inference, jobs: inference };
 }
 
 main().catch((error: unknown) => {

@@ -147,7 +147,49 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  private readonly collectors: (() => void)[] = [];
+  // --- queue mode (QUEUE=redis): API nodes report the queue, workers report their jobs ---------
+
+  readonly queueJobs = new client.Gauge({
+    name: 'moe_queue_jobs',
+    help: 'Jobs in the Redis queue by state (waiting, active, delayed, failed), read at scrape time.',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+  });
+
+  readonly jobWaitDuration = new client.Histogram({
+    name: 'moe_queue_job_wait_seconds',
+    help: 'Worker role: time from a job being queued to a worker taking it (per attempt).',
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly jobRunDuration = new client.Histogram({
+    name: 'moe_queue_job_run_seconds',
+    help: 'Worker role: time a worker spent on a job, batching included.',
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly jobsProcessed = new client.Counter({
+    name: 'moe_queue_jobs_processed_total',
+    help: 'Worker role: job attempts finished, by result (completed, failed, expired: past its deadline, not run).',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly jobRetries = new client.Counter({
+    name: 'moe_queue_job_retries_total',
+    help: 'Worker role: jobs taken again after a failed attempt or a stall.',
+    registers: [this.registry],
+  });
+
+  readonly jobsStalled = new client.Counter({
+    name: 'moe_queue_jobs_stalled_total',
+    help: 'Worker role: jobs whose worker stopped renewing their lock (died or blocked), moved back to the queue by this worker.',
+    registers: [this.registry],
+  });
+
+  private readonly collectors: (() => void | Promise<void>)[] = [];
 
   constructor() {
     // Node's process metrics, event-loop lag (nodejs_eventloop_lag_seconds) among them.
@@ -158,13 +200,16 @@ export class Metrics {
     return this.registry.contentType;
   }
 
-  /** Run `collect` before every scrape, to set gauges that mirror live state. */
-  onCollect(collect: () => void): void {
+  /**
+   * Run `collect` before every scrape, to set gauges that mirror live state. An async collector
+   * is awaited; it must bound its own time and not throw (the scrape waits for it).
+   */
+  onCollect(collect: () => void | Promise<void>): void {
     this.collectors.push(collect);
   }
 
-  text(): Promise<string> {
-    for (const collect of this.collectors) collect();
+  async text(): Promise<string> {
+    await Promise.all(this.collectors.map((collect) => collect()));
     return this.registry.metrics();
   }
 }

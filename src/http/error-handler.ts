@@ -12,6 +12,34 @@ export interface ErrorBody {
   error: { code: string; message: string; details?: Record<string, unknown> };
 }
 
+/** OpenAI's error object; `code` is our stable code, `param` the request field at fault. */
+export interface OpenAIErrorBody {
+  error: { message: string; type: string; param: string | null; code: string };
+}
+
+/** KServe v2 / Open Inference Protocol: the message only. */
+export interface KServeErrorBody {
+  error: string;
+}
+
+/**
+ * The error body format of a route family. A route picks its own with `config.errorFormat`;
+ * routes without one, and unmatched URLs, answer natively, except under /v2 (KServe clients).
+ */
+export type ErrorFormat = 'native' | 'openai' | 'kserve';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    errorFormat?: ErrorFormat;
+    /**
+     * How the route's wire format names the fields our errors name (`details.field`), e.g.
+     * `{ inputs: 'input' }`: a field equal to a key, or starting with it and then `[` or `.`,
+     * gets the key replaced.
+     */
+    errorFields?: Readonly<Record<string, string>>;
+  }
+}
+
 /** Turn anything thrown into a MoeError a client may see. */
 export function toMoeError(error: unknown, request?: FastifyRequest): MoeError {
   if (error instanceof MoeError) return error;
@@ -66,16 +94,61 @@ export function errorHeaders(error: MoeError): Record<string, string> {
   return {};
 }
 
+/** 5xx answers that are operational states, logged where they arise (once), not per request. */
+const EXPECTED_5XX: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'ENGINE_WORKER_CRASHED',
+  'DRAINING',
+  'QUEUE_UNAVAILABLE',
+  'QUEUE_MODE_REQUIRED',
+  'QUEUE_MODE_UNSUPPORTED',
+]);
+
 export function handleError(
   error: unknown,
   request: FastifyRequest,
   reply: FastifyReply,
 ): FastifyReply {
   const moe = toMoeError(error, request);
-  if (moe.status >= 500 && moe.code !== 'ENGINE_WORKER_CRASHED' && moe.code !== 'DRAINING') {
+  if (moe.status >= 500 && !EXPECTED_5XX.has(moe.code)) {
     request.log.error({ err: error }, 'request failed');
   }
-  return reply.code(moe.status).headers(errorHeaders(moe)).send(errorBody(moe));
+  return reply.code(moe.status).headers(errorHeaders(moe)).send(formatError(moe, request));
+}
+
+/** The body of an error answer, in the format of the request's route family. */
+export function formatError(
+  error: MoeError,
+  request: FastifyRequest,
+): ErrorBody | OpenAIErrorBody | KServeErrorBody {
+  const config = request.routeOptions.config ?? {};
+  const path = request.url.split('?')[0]!;
+  const format =
+    config.errorFormat ?? (path === '/v2' || path.startsWith('/v2/') ? 'kserve' : 'native');
+  if (format === 'kserve') return { error: error.message };
+  const field = typeof error.details?.field === 'string' ? error.details.field : undefined;
+  const renamed = field === undefined ? undefined : renameField(field, config.errorFields ?? {});
+  if (format === 'openai') {
+    return {
+      error: {
+        message: error.message,
+        type: error.status >= 500 ? 'server_error' : 'invalid_request_error',
+        param: renamed ?? null,
+        code: error.code,
+      },
+    };
+  }
+  const body = errorBody(error);
+  if (renamed !== field && body.error.details) body.error.details.field = renamed;
+  return body;
+}
+
+function renameField(field: string, names: Readonly<Record<string, string>>): string {
+  for (const [ours, theirs] of Object.entries(names)) {
+    if (field === ours || field.startsWith(`${ours}[`) || field.startsWith(`${ours}.`)) {
+      return theirs + field.slice(ours.length);
+    }
+  }
+  return field;
 }
 
 const FASTIFY_CODES: Record<

@@ -12,6 +12,7 @@ import type { InferRequest } from '../inference/model.js';
 import type { InferAnswer, Inference } from '../inference/service.js';
 import type { AdapterInfo as RegistryAdapter } from '../pack/registry.js';
 import { adminGuard } from './admin-auth.js';
+import { modelList } from './compositions.js';
 import {
   AdapterIdParams,
   AdapterInfo,
@@ -77,27 +78,7 @@ export async function nativeRoutes(
         signal: clientGone(request, reply),
       });
       reply.header('server-timing', serverTiming(answer));
-      const wants = new Set(body.return ?? []);
-      return {
-        model: answer.model,
-        results: answer.results.map((result) => ({
-          routing: Object.fromEntries(
-            Object.entries(result.routing).map(([group, chosen]) => [group, [...chosen]]),
-          ),
-          outputs: Object.fromEntries(
-            Object.entries(result.outputs).map(([task, out]) => [
-              task,
-              wants.has('scores')
-                ? { label: out.label, score: out.score, scores: { ...out.scores } }
-                : { label: out.label, score: out.score },
-            ]),
-          ),
-          ...(wants.has('embedding') ? { embedding: Array.from(result.embedding) } : {}),
-          tokens: result.tokens,
-          truncated: result.truncated,
-        })),
-        usage: { input_tokens: answer.inputTokens },
-      };
+      return inferResponseBody(answer, body.return ?? []);
     },
   );
 
@@ -105,40 +86,13 @@ export async function nativeRoutes(
     '/v1/models',
     {
       schema: {
-        summary: 'The model served: its groups, adapters and tasks (OpenAI list form).',
+        summary:
+          "The model served (groups, adapters, tasks), then its compositions '<model>:<adapter>' (OpenAI list form).",
         tags: ['models'],
         response: { 200: ModelList },
       },
     },
-    async () => {
-      const model = inference.describe();
-      return {
-        object: 'list' as const,
-        data: [
-          {
-            id: model.id,
-            object: 'model' as const,
-            created: options.createdAt,
-            owned_by: 'moe-serve',
-            version: model.version,
-            description: model.description,
-            hidden_size: model.hiddenSize,
-            max_length: model.maxLength,
-            groups: model.groups.map((g) => ({
-              id: g.id,
-              gated: g.gated,
-              default_k: g.defaultK,
-              adapters: [...g.adapters],
-            })),
-            tasks: model.tasks.map((t) => ({
-              id: t.id,
-              labels: [...t.labels],
-              ...(t.pin ? { pin: t.pin } : {}),
-            })),
-          },
-        ],
-      };
-    },
+    async () => modelList(inference.describe(), options.createdAt),
   );
 
   api.get(
@@ -193,6 +147,34 @@ export async function nativeRoutes(
   );
 }
 
+/** The wire form of an answer (also the `result` of a finished job at GET /v1/jobs/{id}). */
+export function inferResponseBody(
+  answer: InferAnswer,
+  returnFields: readonly ('embedding' | 'scores')[],
+): InferResponse {
+  const wants = new Set(returnFields);
+  return {
+    model: answer.model,
+    results: answer.results.map((result) => ({
+      routing: Object.fromEntries(
+        Object.entries(result.routing).map(([group, chosen]) => [group, [...chosen]]),
+      ),
+      outputs: Object.fromEntries(
+        Object.entries(result.outputs).map(([task, out]) => [
+          task,
+          wants.has('scores')
+            ? { label: out.label, score: out.score, scores: { ...out.scores } }
+            : { label: out.label, score: out.score },
+        ]),
+      ),
+      ...(wants.has('embedding') ? { embedding: Array.from(result.embedding) } : {}),
+      tokens: result.tokens,
+      truncated: result.truncated,
+    })),
+    usage: { input_tokens: answer.inputTokens },
+  };
+}
+
 export function toInferRequest(body: InferBody): InferRequest {
   return {
     inputs: body.inputs,
@@ -205,20 +187,24 @@ export function toInferRequest(body: InferBody): InferRequest {
 }
 
 /** Request-size limits that name the limit (413), checked before any work. */
-export function checkLimits(inputs: readonly string[], limits: NativeRouteOptions['limits']): void {
+export function checkLimits(
+  inputs: readonly (string | readonly number[])[],
+  limits: Pick<NativeRouteOptions['limits'], 'maxInputs' | 'maxInputChars'>,
+  field = 'inputs',
+): void {
   if (inputs.length > limits.maxInputs) {
     throw new MoeError(
       'INPUT_TOO_MANY',
-      `inputs has ${inputs.length} texts; at most ${limits.maxInputs} per request (MAX_INPUTS). Split the request.`,
-      { field: 'inputs', limit: limits.maxInputs },
+      `${field} has ${inputs.length} inputs; at most ${limits.maxInputs} per request (MAX_INPUTS). Split the request.`,
+      { field, limit: limits.maxInputs },
     );
   }
   inputs.forEach((text, i) => {
-    if (text.length > limits.maxInputChars) {
+    if (typeof text === 'string' && text.length > limits.maxInputChars) {
       throw new MoeError(
         'INPUT_TOO_LONG',
-        `inputs[${i}] has ${text.length} characters; at most ${limits.maxInputChars} (MAX_INPUT_CHARS).`,
-        { field: `inputs[${i}]`, limit: limits.maxInputChars },
+        `${field}[${i}] has ${text.length} characters; at most ${limits.maxInputChars} (MAX_INPUT_CHARS).`,
+        { field: `${field}[${i}]`, limit: limits.maxInputChars },
       );
     }
   });
@@ -259,7 +245,8 @@ function adapterJson(info: RegistryAdapter) {
   };
 }
 
-function insideRoot(root: string, path: string): string {
+/** `path` resolved inside the adapter root; 403 ADAPTER_PATH_FORBIDDEN when it escapes. */
+export function insideRoot(root: string, path: string, field = 'path'): string {
   const base = resolve(root);
   const folder = resolve(base, path);
   const rel = relative(base, folder);
@@ -267,7 +254,7 @@ function insideRoot(root: string, path: string): string {
     throw new MoeError(
       'ADAPTER_PATH_FORBIDDEN',
       `path '${path}' is outside the adapter root '${root}' (ADAPTER_ROOT); put the adapter folder inside it.`,
-      { field: 'path' },
+      { field },
     );
   }
   return folder;

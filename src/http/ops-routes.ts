@@ -1,6 +1,7 @@
 /** Health and metrics routes for orchestrators and Prometheus. */
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
+import { Type } from 'typebox';
 import type { Inference } from '../inference/service.js';
 import type { Metrics } from '../metrics.js';
 import { Liveness, Readiness } from './schemas.js';
@@ -43,7 +44,18 @@ export async function opsRoutes(
 
   api.get(
     '/metrics',
-    { schema: { summary: 'Prometheus metrics (text exposition format).', tags: ['operations'] } },
+    {
+      schema: {
+        summary: 'Prometheus metrics (text exposition format).',
+        tags: ['operations'],
+        response: {
+          200: {
+            description: 'Prometheus text exposition format 0.0.4.',
+            content: { 'text/plain': { schema: Type.String() } },
+          },
+        },
+      },
+    },
     async (_request, reply) => {
       const text = await options.metrics.text();
       return reply.type(options.metrics.contentType).send(text);

@@ -161,7 +161,23 @@ export const ModelCard = Type.Object({
   ),
 });
 
-export const ModelList = Type.Object({ object: Type.Literal('list'), data: Type.Array(ModelCard) });
+/** A model id that pins adapters (`<model>:<adapter>[+<adapter>...]`); see http/compositions.ts. */
+export const CompositionCard = Type.Object({
+  id: Type.String({ description: "'<model>:<adapter>[+<adapter>...]': these adapters pinned." }),
+  object: Type.Literal('model'),
+  created: Type.Integer({ description: 'Unix seconds when this server loaded the model.' }),
+  owned_by: Type.String(),
+  parent: Type.String({ description: 'The base model id.' }),
+  adapters: Dict(Type.String(), { description: 'group id -> adapter this id pins.' }),
+});
+
+export const ModelList = Type.Object({
+  object: Type.Literal('list'),
+  data: Type.Array(Type.Union([ModelCard, CompositionCard]), {
+    description:
+      'The base model (learned routing) first, then one composition per loaded adapter. Use an id as the OpenAI `model` or the KServe model name.',
+  }),
+});
 
 export const Liveness = Type.Object({ status: Type.Literal('ok') });
 

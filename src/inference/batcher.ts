@@ -81,6 +81,7 @@ export class Batcher {
   private admitted = 0;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  private readonly drainWaiters: (() => void)[] = [];
 
   constructor(
     private readonly engine: BatchRunner,
@@ -143,9 +144,23 @@ export class Batcher {
     });
   }
 
-  /** Refuse new work; what is queued still runs. */
-  close(): void {
+  /** Look at the queue again: the engine gained capacity (e.g. a restarted worker came up). */
+  wake(): void {
+    this.schedule();
+  }
+
+  /** Refuse new work; resolves when every admitted item has its answer. */
+  close(): Promise<void> {
     this.closed = true;
+    return new Promise((resolve) => {
+      this.drainWaiters.push(resolve);
+      this.notifyDrained();
+    });
+  }
+
+  private notifyDrained(): void {
+    if (this.admitted > 0 || this.drainWaiters.length === 0) return;
+    for (const resolve of this.drainWaiters.splice(0)) resolve();
   }
 
   // --- the scheduling loop: the only code that takes items off `pending` ----------------------
@@ -188,6 +203,7 @@ export class Batcher {
       this.pending[kept++] = entry;
     }
     this.pending.length = kept;
+    this.notifyDrained();
   }
 
   private launch(batch: Entry[]): void {
@@ -256,14 +272,10 @@ function timeoutMessage(ms: number): string {
   return `The request was not answered within its ${Math.round(ms)} ms deadline; send fewer inputs at once, retry later, or raise REQUEST_TIMEOUT_MS.`;
 }
 
-const ABORTED = Symbol('client aborted');
-
-function abortError(): Error {
-  const error = new Error('The client went away before the answer.');
-  (error as Error & { [ABORTED]: true })[ABORTED] = true;
-  return error;
+function abortError(): MoeError {
+  return new MoeError('CLIENT_CLOSED', 'The client went away before the answer; its queued items were dropped.');
 }
 
 function isAbort(error: unknown): boolean {
-  return error instanceof Error && ABORTED in error;
+  return error instanceof MoeError && error.code === 'CLIENT_CLOSED';
 }

@@ -9,6 +9,7 @@ import type { EngineItemResult, TaskOutput } from '../engine/decode.js';
 import { Engine, type EngineOptions } from '../engine/engine.js';
 import { type ItemRouting, routeItem } from '../engine/routing.js';
 import { MoeError } from '../errors.js';
+import type { MixtureLayout } from '../onnx/mixture-contract.js';
 import { type LoadedPack, loadPack } from '../pack/load.js';
 import { AdapterRegistry } from '../pack/registry.js';
 import { TextTokenizer, type TruncationPolicy } from './tokenizer.js';
@@ -24,6 +25,12 @@ export interface ModelOptions {
 /** A request in the API's own terms (the HTTP body maps onto it one to one). */
 export interface InferRequest {
   readonly inputs: readonly string[];
+  /**
+   * Pre-tokenized inputs, instead of `inputs` (which must then be empty): ids of the pack's
+   * vocabulary for the content only; special tokens are added and the length policy applied as
+   * for text (see TextTokenizer.encodeIds).
+   */
+  readonly tokenIds?: readonly (readonly number[])[];
   /** Task (head) id: only its output is returned, and its pinned adapter is used. */
   readonly task?: string;
   /** Shorthand for pinning the adapter of the group named 'language'. */
@@ -54,27 +61,33 @@ export interface PreparedItem {
   readonly tasks: readonly string[] | undefined;
 }
 
-export class Model {
-  private constructor(
+/**
+ * The request side of a model: pack, tokenizer and adapter registry, without an engine. The API
+ * role of queue mode validates and tokenizes with it and leaves running to the workers (no ORT
+ * session, no engine thread in that process); `Model` adds the engine.
+ */
+export class ModelFrontend {
+  protected constructor(
     readonly pack: LoadedPack,
     readonly tokenizer: TextTokenizer,
     readonly registry: AdapterRegistry,
-    readonly engine: Engine,
     private readonly truncation: TruncationPolicy,
+    /** The layout of the pack's own adapters (the frontend has no engine whose layout to follow). */
+    private readonly packLayout: MixtureLayout | undefined,
   ) {}
 
-  static async open(options: ModelOptions): Promise<Model> {
+  /** Open the pack and its tokenizer only: no engine workers, no ORT sessions. */
+  static async open(options: Pick<ModelOptions, 'packDir' | 'truncation'>): Promise<ModelFrontend> {
     const pack = await loadPack(options.packDir);
     const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
     const registry = new AdapterRegistry(pack);
-    const first = registry.compileCurrent();
-    const engine = await Engine.start(
-      { ...options.engine, backbonePath: pack.backbonePath },
-      first.layout,
-      first.bytes,
-    );
-    registry.attach(engine);
-    return new Model(pack, tokenizer, registry, engine, options.truncation ?? 'truncate');
+    const { layout } = registry.compileCurrent();
+    return new ModelFrontend(pack, tokenizer, registry, options.truncation ?? 'truncate', layout);
+  }
+
+  /** The mixture layout requests are validated against. */
+  get layout(): MixtureLayout {
+    return this.packLayout!;
   }
 
   get name(): string {
@@ -116,7 +129,7 @@ export class Model {
     Object.assign(pins, request.adapters);
     const k: Record<string, number> = {};
     if (request.topK !== undefined) {
-      for (const group of this.engine.layout.groups) {
+      for (const group of this.layout.groups) {
         if (group.gated && pins[group.id] === undefined) k[group.id] = request.topK;
       }
     }
@@ -127,7 +140,23 @@ export class Model {
     };
     // Fail fast, before anything is queued. The engine resolves it again at dispatch against the
     // graph then current (an adapter may have been unloaded in between).
-    routeItem(this.engine.layout, routing);
+    routeItem(this.layout, routing);
+    if (request.tokenIds !== undefined) {
+      if (request.inputs.length > 0) {
+        throw new MoeError('INPUT_INVALID', 'Send texts or token ids in one request, not both.', {
+          field: 'inputs',
+        });
+      }
+      return request.tokenIds.map((ids, index) => {
+        if (ids.length === 0) {
+          throw new MoeError('INPUT_EMPTY', `inputs[${index}] has no token ids.`, {
+            field: `inputs[${index}]`,
+          });
+        }
+        const encoded = this.tokenizer.encodeIds(ids, this.truncation, index);
+        return { ids: encoded.ids, routing, truncated: encoded.truncated, tasks };
+      });
+    }
     return request.inputs.map((text, index) => {
       if (text.trim().length === 0) {
         throw new MoeError(
@@ -142,6 +171,37 @@ export class Model {
       return { ids: encoded.ids, routing, truncated: encoded.truncated, tasks };
     });
   }
+}
+
+export class Model extends ModelFrontend {
+  private constructor(
+    pack: LoadedPack,
+    tokenizer: TextTokenizer,
+    registry: AdapterRegistry,
+    readonly engine: Engine,
+    truncation: TruncationPolicy,
+  ) {
+    super(pack, tokenizer, registry, truncation, undefined);
+  }
+
+  static override async open(options: ModelOptions): Promise<Model> {
+    const pack = await loadPack(options.packDir);
+    const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
+    const registry = new AdapterRegistry(pack);
+    const first = registry.compileCurrent();
+    const engine = await Engine.start(
+      { ...options.engine, backbonePath: pack.backbonePath },
+      first.layout,
+      first.bytes,
+    );
+    registry.attach(engine);
+    return new Model(pack, tokenizer, registry, engine, options.truncation ?? 'truncate');
+  }
+
+  /** The engine's current layout (it changes when adapters are loaded or unloaded). */
+  override get layout(): MixtureLayout {
+    return this.engine.layout;
+  }
 
   /** Run prepared items as one engine batch. Item errors (routing) reject the whole call. */
   async runPrepared(items: readonly PreparedItem[]): Promise<InferResult[]> {
@@ -153,7 +213,7 @@ export class Model {
   }
 
   /** Tokenize, route and run `request.inputs` in one batch. */
-  infer(request: InferRequest): Promise<InferResult[]> {
+  async infer(request: InferRequest): Promise<InferResult[]> {
     return this.runPrepared(this.prepare(request));
   }
 

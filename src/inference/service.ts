@@ -7,7 +7,13 @@ import type { Metrics } from '../metrics.js';
 import type { AdapterInfo } from '../pack/registry.js';
 import type { BatchLimits } from './batch-policy.js';
 import { Batcher, type BatchStats, type ItemAnswer } from './batcher.js';
-import { type InferRequest, type InferResult, type Model, toResult } from './model.js';
+import {
+  type InferRequest,
+  type InferResult,
+  type Model,
+  type PreparedItem,
+  toResult,
+} from './model.js';
 
 export interface InferOptions {
   /** Absolute deadline on the performance.now() clock. */
@@ -67,6 +73,39 @@ export interface Inference {
   close(): Promise<void>;
 }
 
+/** Extra per-result fields a client may ask for (the HTTP `return` option). */
+export type ReturnField = 'embedding' | 'scores';
+
+/** Where a durable job is. 'delayed': waiting for its retry after a failed attempt. */
+export type JobState = 'waiting' | 'active' | 'delayed' | 'completed' | 'failed';
+
+export interface JobStatus {
+  readonly id: string;
+  readonly state: JobState;
+  readonly createdAt: Date;
+  readonly finishedAt: Date | undefined;
+  /** Times a worker started it. */
+  readonly attempts: number;
+  readonly returnFields: readonly ReturnField[];
+  /** Set when completed. */
+  readonly answer: InferAnswer | undefined;
+  /** Set when failed for good: the error the request would have got. */
+  readonly error: MoeError | undefined;
+}
+
+/**
+ * Durable jobs: submit now, read the answer later, from any API node. Only queue mode has them
+ * (the queue holds the jobs and their results); embedded mode has no implementation.
+ */
+export interface JobQueue {
+  submit(
+    request: InferRequest,
+    options: { readonly returnFields: readonly ReturnField[] },
+  ): Promise<JobStatus>;
+  /** Rejects with JOB_NOT_FOUND when there is no such job (or its result expired). */
+  status(id: string): Promise<JobStatus>;
+}
+
 export interface EmbeddedOptions extends BatchLimits {
   readonly maxQueuedItems: number;
 }
@@ -87,6 +126,8 @@ export class EmbeddedInference implements Inference {
       onDrop: (reason) => metrics.rejected.inc({ reason }),
     });
     model.engine.on('worker-restart', () => metrics.workerRestarts.inc());
+    // A replacement worker brings capacity that no finishing batch will announce.
+    model.engine.on('worker-ready', () => this.batcher.wake());
     model.registry.on('loaded', (e) => this.recordAdapterOperation('load', 'ok', e.seconds));
     model.registry.on('unloaded', (e) => this.recordAdapterOperation('unload', 'ok', e.seconds));
     model.registry.on('failed', (e) =>
@@ -114,6 +155,20 @@ export class EmbeddedInference implements Inference {
     const items = this.model.prepare(request);
     const tokenizeMs = performance.now() - t0;
     this.metrics.stageDuration.observe({ stage: 'tokenize' }, tokenizeMs / 1000);
+    return this.inferPrepared(items, options, tokenizeMs);
+  }
+
+  /**
+   * Run items that were tokenized and routed elsewhere (a queue worker gets them from the API
+   * node that took the request), through the same batcher, admission and metrics as `infer`.
+   */
+  async inferPrepared(
+    items: readonly PreparedItem[],
+    options: InferOptions,
+    tokenizeMs = 0,
+  ): Promise<InferAnswer> {
+    if (this.draining)
+      throw new MoeError('DRAINING', 'The server is shutting down; retry on another instance.');
     let answers: ItemAnswer[];
     try {
       answers = await this.batcher.submit(items, options);
@@ -194,7 +249,7 @@ export class EmbeddedInference implements Inference {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.draining = true;
-      this.batcher.close();
+      await this.batcher.close(); // every accepted item answered
       await this.model.close();
     })();
     return this.closing;

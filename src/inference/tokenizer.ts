@@ -26,6 +26,8 @@ export class TextTokenizer {
     /** Special tokens the post-processor puts before and after a single text. */
     private readonly prefix: number[],
     private readonly suffix: number[],
+    /** Token ids are 0..vocabSize-1 (added tokens included). */
+    readonly vocabSize: number,
   ) {}
 
   static async load(path: string, maxLength: number): Promise<TextTokenizer> {
@@ -40,12 +42,35 @@ export class TextTokenizer {
     if (prefix.length + suffix.length >= maxLength) {
       throw new Error(`${path}: the special tokens alone fill max_length ${maxLength}`);
     }
-    return new TextTokenizer(tokenizer, maxLength, prefix, suffix);
+    let vocabSize = 0;
+    for (const id of tokenizer.get_vocab(true).values()) vocabSize = Math.max(vocabSize, id + 1);
+    return new TextTokenizer(tokenizer, maxLength, prefix, suffix, vocabSize);
   }
 
   /** `index` names the input in errors (e.g. inputs[3]). */
   encode(text: string, policy: TruncationPolicy, index = 0): EncodedText {
-    const content = this.tokenizer.encode(text, { add_special_tokens: false }).ids;
+    return this.wrap(this.tokenizer.encode(text, { add_special_tokens: false }).ids, policy, index);
+  }
+
+  /**
+   * Pre-tokenized input (the OpenAI "array of token ids" form): ids of this vocabulary for the
+   * content only. The special tokens are added around them exactly as for a text, and the length
+   * policy applies, so the ids `encode` would produce for a text give that text's answer.
+   */
+  encodeIds(content: readonly number[], policy: TruncationPolicy, index = 0): EncodedText {
+    content.forEach((id, j) => {
+      if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
+        throw new MoeError(
+          'INPUT_INVALID',
+          `inputs[${index}][${j}] is ${id}, not a token id of this model (integers 0..${this.vocabSize - 1}).`,
+          { field: `inputs[${index}][${j}]`, limit: this.vocabSize - 1 },
+        );
+      }
+    });
+    return this.wrap(content, policy, index);
+  }
+
+  private wrap(content: readonly number[], policy: TruncationPolicy, index: number): EncodedText {
     const fullLength = content.length + this.prefix.length + this.suffix.length;
     if (fullLength <= this.maxLength) {
       return {

@@ -1,0 +1,129 @@
+/**
+ * Durable jobs: POST /v1/jobs takes the body of /v1/infer and answers 202 with a job id at once;
+ * GET /v1/jobs/{id} tells where the job is and, once done, its result (or the error a synchronous
+ * request would have got). Results stay readable for JOB_RESULT_TTL_SECONDS, from any API node.
+ *
+ * Queue mode only: the jobs live in Redis. Without a `JobQueue` (embedded mode) both routes
+ * answer 501 QUEUE_MODE_REQUIRED.
+ */
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { FastifyInstance } from 'fastify';
+import { Type } from 'typebox';
+import { MoeError } from '../errors.js';
+import type { JobQueue, JobStatus } from '../inference/service.js';
+import {
+  checkLimits,
+  inferResponseBody,
+  type NativeRouteOptions,
+  toInferRequest,
+} from './native-routes.js';
+import { ErrorBody, InferBody, InferResponse } from './schemas.js';
+
+export interface JobRouteOptions {
+  /** Undefined in embedded mode. */
+  readonly jobs: JobQueue | undefined;
+  readonly limits: NativeRouteOptions['limits'];
+}
+
+const JobState = Type.Union(
+  [
+    Type.Literal('waiting'),
+    Type.Literal('active'),
+    Type.Literal('delayed'),
+    Type.Literal('completed'),
+    Type.Literal('failed'),
+  ],
+  {
+    description:
+      'waiting: queued; active: a worker runs it; delayed: waiting to be retried after a failed attempt; completed: `result` is set; failed: `error` is set (the error /v1/infer would have answered).',
+  },
+);
+
+const JobIdParams = Type.Object({ id: Type.String({ description: 'The id POST /v1/jobs gave.' }) });
+
+const JobAccepted = Type.Object({
+  id: Type.String(),
+  state: JobState,
+  created_at: Type.String({ format: 'date-time' }),
+});
+
+const JobBody = Type.Object({
+  id: Type.String(),
+  state: JobState,
+  created_at: Type.String({ format: 'date-time' }),
+  finished_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  attempts: Type.Integer({ description: 'Times a worker started the job (retries included).' }),
+  result: Type.Optional(InferResponse),
+  error: Type.Optional(ErrorBody.properties.error),
+});
+
+const errors = {
+  400: ErrorBody,
+  404: ErrorBody,
+  413: ErrorBody,
+  415: ErrorBody,
+  422: ErrorBody,
+  500: ErrorBody,
+  501: ErrorBody,
+  503: ErrorBody,
+};
+
+export async function jobRoutes(app: FastifyInstance, options: JobRouteOptions): Promise<void> {
+  const api = app.withTypeProvider<TypeBoxTypeProvider>();
+  const jobs = (): JobQueue => {
+    if (options.jobs === undefined) {
+      throw new MoeError(
+        'QUEUE_MODE_REQUIRED',
+        'Durable jobs need queue mode: start the server with QUEUE=redis (and REDIS_URL) and run workers with `npm run worker`. In embedded mode use POST /v1/infer.',
+      );
+    }
+    return options.jobs;
+  };
+
+  api.post(
+    '/v1/jobs',
+    {
+      schema: {
+        summary: 'Queue a request (the body of /v1/infer) as a durable job; 202 with its id.',
+        tags: ['jobs'],
+        body: InferBody,
+        response: { 202: JobAccepted, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const queue = jobs();
+      const body = request.body;
+      checkLimits(body.inputs, options.limits);
+      const job = await queue.submit(toInferRequest(body), { returnFields: body.return ?? [] });
+      reply.code(202).header('location', `/v1/jobs/${encodeURIComponent(job.id)}`);
+      return { id: job.id, state: job.state, created_at: job.createdAt.toISOString() };
+    },
+  );
+
+  api.get(
+    '/v1/jobs/:id',
+    {
+      schema: {
+        summary: "A job's state, and its result or error once finished.",
+        tags: ['jobs'],
+        params: JobIdParams,
+        response: { 200: JobBody, ...errors },
+      },
+    },
+    async (request) => jobJson(await jobs().status(request.params.id)),
+  );
+}
+
+function jobJson(job: JobStatus) {
+  return {
+    id: job.id,
+    state: job.state,
+    created_at: job.createdAt.toISOString(),
+    finished_at: job.finishedAt?.toISOString() ?? null,
+    attempts: job.attempts,
+    ...(job.answer === undefined
+      ? {}
+      : { result: inferResponseBody(job.answer, job.returnFields) }),
+    ...(job.error === undefined ? {} : { error: job.error.toJSON() }),
+  };
+}

@@ -1,0 +1,96 @@
+/**
+ * The real service for protocol tests: a fixture-pack model with real engine workers, the
+ * embedded inference service and `buildApp`, listening on 127.0.0.1 with an ephemeral port so
+ * that client libraries (openai, openapi-fetch) talk to it over real HTTP.
+ */
+import type { FastifyInstance } from 'fastify';
+import { type AppOptions, buildApp } from '../../src/app.js';
+import { Model } from '../../src/inference/model.js';
+import { EmbeddedInference, type EmbeddedOptions } from '../../src/inference/service.js';
+import { Metrics } from '../../src/metrics.js';
+
+export interface ListeningApp {
+  readonly app: FastifyInstance;
+  readonly model: Model;
+  /** `http://127.0.0.1:<port>` */
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+export interface ListeningAppOptions {
+  readonly packDir: string;
+  readonly adapterRoot: string;
+  readonly adminApiKey?: string;
+  readonly limits?: Partial<AppOptions['limits']>;
+  readonly batching?: Partial<EmbeddedOptions>;
+  /** Called with the app before it listens (to add hooks). */
+  readonly beforeListen?: (app: FastifyInstance) => void;
+}
+
+export async function startListeningApp(options: ListeningAppOptions): Promise<ListeningApp> {
+  const model = await Model.open({
+    packDir: options.packDir,
+    engine: { workers: 1, intraOpThreads: 1 },
+  });
+  const metrics = new Metrics();
+  const inference = new EmbeddedInference(model, metrics, {
+    maxBatchItems: 32,
+    maxBatchTokens: 8192,
+    maxQueueDelayMs: 0,
+    maxQueuedItems: 1024,
+    ...options.batching,
+  });
+  const app = await buildApp({
+    inference,
+    metrics,
+    limits: {
+      maxInputs: 16,
+      maxInputChars: 2000,
+      requestTimeoutMs: 30_000,
+      bodyLimitBytes: 256 * 1024,
+      ...options.limits,
+    },
+    adminApiKey: options.adminApiKey,
+    adapterRoot: options.adapterRoot,
+  });
+  options.beforeListen?.(app);
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  return {
+    app,
+    model,
+    url,
+    async close() {
+      await app.close();
+      await inference.close();
+    },
+  };
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) return Number.POSITIVE_INFINITY;
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+export interface NativeResult {
+  embedding: number[];
+  routing: Record<string, { adapter: string; weight: number }[]>;
+  outputs: Record<string, { label: string; score: number; scores: Record<string, number> }>;
+  tokens: number;
+}
+
+/** POST /v1/infer returning embeddings and scores: its results, in input order. */
+export async function nativeEmbeddings(
+  url: string,
+  body: Record<string, unknown>,
+): Promise<NativeResult[]> {
+  const response = await fetch(`${url}/v1/infer`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ ...body, return: ['embedding', 'scores'] }),
+  });
+  if (response.status !== 200)
+    throw new Error(`/v1/infer: ${response.status} ${await response.text()}`);
+  return ((await response.json()) as { results: NativeResult[] }).results;
+}
