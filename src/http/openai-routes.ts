@@ -26,7 +26,7 @@ import {
 } from './compositions.js';
 import { encodeFloat32 } from './kserve-binary.js';
 import { checkLimits, clientGone, serverTiming } from './native-routes.js';
-import { CompositionCard, Dict, ModelCard } from './schemas.js';
+import { CompositionCard, Dict, ModelCard, RoutingFields } from './schemas.js';
 
 export interface OpenAIRouteOptions {
   readonly inference: Inference;
@@ -72,31 +72,11 @@ const errors = Object.fromEntries(
 
 const TokenIds = Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 });
 
-export const EmbeddingsRouting = Type.Object(
-  {
-    language: Type.Optional(
-      Type.String({ description: "Pin this adapter in the 'language' group." }),
-    ),
-    adapters: Type.Optional(Dict(Type.String(), { description: 'Pins: group id -> adapter id.' })),
-    exclude: Type.Optional(
-      Type.Array(Type.String(), { description: 'Adapter ids never to route to.' }),
-    ),
-    top_k: Type.Optional(
-      Type.Integer({
-        minimum: 1,
-        description: 'Adapters mixed in every gated group that is not pinned.',
-      }),
-    ),
-    task: Type.Optional(
-      Type.String({ description: "Use the adapter this task's head pins (GET /v1/models)." }),
-    ),
-  },
-  {
-    additionalProperties: false,
-    description:
-      'moe-serve extension: routing as in POST /v1/infer. With the openai client, pass it as an extra body field.',
-  },
-);
+export const EmbeddingsRouting = Type.Object(RoutingFields, {
+  additionalProperties: false,
+  description:
+    'moe-serve extension: routing as in POST /v1/infer. With the openai client, pass it as an extra body field.',
+});
 
 export const EmbeddingsBody = Type.Object(
   {

@@ -25,6 +25,29 @@ export const ErrorBody = Type.Object(
   { $id: 'ErrorBody', description: 'Every error answer of the native API.' },
 );
 
+/** The routing wishes of a request; shared by /v1/infer and the OpenAI `routing` extension. */
+export const RoutingFields = {
+  task: Type.Optional(
+    Type.String({
+      description:
+        "Only this task's output; the adapter its head pins is used. GET /v1/models lists tasks.",
+    }),
+  ),
+  language: Type.Optional(
+    Type.String({ description: "Pin this adapter in the 'language' group." }),
+  ),
+  adapters: Type.Optional(Dict(Type.String(), { description: 'Pins: group id -> adapter id.' })),
+  exclude: Type.Optional(
+    Type.Array(Type.String(), { description: 'Adapter ids never to route to.' }),
+  ),
+  top_k: Type.Optional(
+    Type.Integer({
+      minimum: 1,
+      description: 'Adapters mixed in every gated group that is not pinned (1..group size).',
+    }),
+  ),
+};
+
 export const InferBody = Type.Object(
   {
     inputs: Type.Array(Type.String(), {
@@ -32,25 +55,7 @@ export const InferBody = Type.Object(
       description:
         'Texts to run; each is answered in order. Limits: MAX_INPUTS inputs, MAX_INPUT_CHARS characters each.',
     }),
-    task: Type.Optional(
-      Type.String({
-        description:
-          "Only this task's output; the adapter its head pins is used. GET /v1/models lists tasks.",
-      }),
-    ),
-    language: Type.Optional(
-      Type.String({ description: "Pin this adapter in the 'language' group." }),
-    ),
-    adapters: Type.Optional(Dict(Type.String(), { description: 'Pins: group id -> adapter id.' })),
-    exclude: Type.Optional(
-      Type.Array(Type.String(), { description: 'Adapter ids never to route to.' }),
-    ),
-    top_k: Type.Optional(
-      Type.Integer({
-        minimum: 1,
-        description: 'Adapters mixed in every gated group that is not pinned (1..group size).',
-      }),
-    ),
+    ...RoutingFields,
     return: Type.Optional(
       Type.Array(Type.Union([Type.Literal('embedding'), Type.Literal('scores')]), {
         description:
