@@ -65,7 +65,10 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
   app.addHook('onRequest', async () => {
     if (closing) {
-      throw new MoeError('DRAINING', 'The server is shutting down and takes no new requests; retry on another instance.');
+      throw new MoeError(
+        'DRAINING',
+        'The server is shutting down and takes no new requests; retry on another instance.',
+      );
     }
   });
 

@@ -32,6 +32,12 @@ const oneOf =
     return raw as T;
   };
 
+const bool: Parser<boolean> = (raw) => {
+  if (raw === 'true') return true;
+  if (raw === 'false') return false;
+  throw new Error('must be true or false');
+};
+
 const text: Parser<string> = (raw) => {
   if (raw.length === 0) throw new Error('must not be empty');
   return raw;
@@ -78,7 +84,21 @@ export const VARIABLES = {
     parse: int(1, 256),
     doc: 'ORT intra-op threads per worker. Default: cores / workers. Keep workers x threads <= cores, or the thread pools fight.',
   },
-  EXECUTION_PROVIDER: { default: 'cpu', parse: oneOf('cpu'), doc: 'ORT execution provider.' },
+  EXECUTION_PROVIDER: {
+    default: 'cpu',
+    parse: oneOf('cpu', 'cuda', 'webgpu'),
+    doc: "ORT execution provider: 'cpu', 'cuda' (NVIDIA, CUDA 12 + cuDNN 9; the cuda image) or 'webgpu' (a GPU through Vulkan). The one in use is in /health/ready and moe_execution_provider_info.",
+  },
+  EXECUTION_DEVICE_ID: {
+    default: 0,
+    parse: int(0, 255),
+    doc: "GPU ordinal for 'cuda'. 'webgpu' takes the default adapter (ORT's Node binding has no device option for it), so it accepts only 0.",
+  },
+  PROVIDER_FALLBACK: {
+    default: false,
+    parse: bool,
+    doc: "When the GPU provider cannot start: 'true' runs on cpu (one warning in the log; /health/ready and the metrics name both providers), 'false' refuses to boot with the reason. Default false: a GPU deployment that quietly runs on CPU misses its targets with nothing red.",
+  },
   MAX_BATCH_ITEMS: {
     default: 32,
     parse: int(1, 4096),
@@ -236,6 +256,15 @@ export function loadConfig(
           JSON.stringify(raw.replace(/\/\/.*@/, '//<redacted>@'));
       problems.push(`${name}=${shown}: ${(error as Error).message}`);
     }
+  }
+  if (
+    config.EXECUTION_PROVIDER === 'webgpu' &&
+    config.EXECUTION_DEVICE_ID !== undefined &&
+    config.EXECUTION_DEVICE_ID !== 0
+  ) {
+    problems.push(
+      `EXECUTION_DEVICE_ID=${JSON.stringify(String(config.EXECUTION_DEVICE_ID))}: webgpu uses the default GPU adapter; only cuda takes a device id`,
+    );
   }
   if (problems.length > 0) {
     throw new Error(`invalid configuration:\n  ${problems.join('\n  ')}`);

@@ -7,9 +7,18 @@ export const ERROR_CATALOGUE = {
   // Request input
   INPUT_INVALID: { status: 400, summary: 'The request body or a parameter is invalid.' },
   INPUT_MALFORMED_JSON: { status: 400, summary: 'The request body is not valid JSON.' },
-  INPUT_UNSUPPORTED_MEDIA_TYPE: { status: 415, summary: 'The request body has a content type the route does not take.' },
-  INPUT_BODY_TOO_LARGE: { status: 413, summary: 'The request body is larger than the server accepts.' },
-  INPUT_TOO_MANY: { status: 413, summary: 'The request has more inputs than the server accepts at once.' },
+  INPUT_UNSUPPORTED_MEDIA_TYPE: {
+    status: 415,
+    summary: 'The request body has a content type the route does not take.',
+  },
+  INPUT_BODY_TOO_LARGE: {
+    status: 413,
+    summary: 'The request body is larger than the server accepts.',
+  },
+  INPUT_TOO_MANY: {
+    status: 413,
+    summary: 'The request has more inputs than the server accepts at once.',
+  },
   INPUT_TOO_LONG: { status: 413, summary: 'An input has more tokens than the model accepts.' },
   INPUT_EMPTY: { status: 422, summary: 'An input text is empty.' },
   // Routing
@@ -51,8 +60,14 @@ export const ERROR_CATALOGUE = {
     summary: 'The request names a model id the server does not serve.',
   },
   ADMIN_UNAUTHORIZED: { status: 401, summary: 'The admin API key is missing or wrong.' },
-  ADMIN_DISABLED: { status: 403, summary: 'Admin routes are disabled: no admin API key is configured.' },
-  ADAPTER_PATH_FORBIDDEN: { status: 403, summary: 'Adapter folders must be inside the configured adapter root.' },
+  ADMIN_DISABLED: {
+    status: 403,
+    summary: 'Admin routes are disabled: no admin API key is configured.',
+  },
+  ADAPTER_PATH_FORBIDDEN: {
+    status: 403,
+    summary: 'Adapter folders must be inside the configured adapter root.',
+  },
   // Engine
   ENGINE_WORKER_CRASHED: { status: 503, summary: 'The engine worker running the batch died.' },
   ENGINE_CLOSED: { status: 503, summary: 'The engine is shutting down.' },

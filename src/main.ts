@@ -41,9 +41,24 @@ async function main(): Promise<void> {
     version: model.pack.manifest.version,
   });
 
-  let stopping: Promise<void> | undefined;
+  const provider = model instanceof Model ? model.engine.providerStatus : undefined;
+  if (provider?.fallbackReason !== undefined) {
+    // Once per process: every engine worker fell back for the same reason.
+    app.log.warn(
+      {
+        provider: provider.provider,
+        requested: provider.requested,
+        reason: provider.fallbackReason,
+      },
+      `execution provider ${provider.requested} could not start; running on ${provider.provider} (PROVIDER_FALLBACK=true)`,
+    );
+  }
+
+  let stopping = false;
   const shutdown = (signal: string) => {
-    stopping ??= (async () => {
+    if (stopping) return; // SIGTERM then SIGINT: one shutdown
+    stopping = true;
+    void (async () => {
       app.log.info({ signal }, 'shutting down: no new requests, finishing those in flight');
       const timer = setTimeout(() => {
         app.log.error('shutdown timed out; exiting with requests still in flight');
@@ -96,6 +111,8 @@ async function openEmbedded(config: Config, packDir: string, metrics: Metrics): 
       workers: config.ENGINE_WORKERS,
       ...(config.ENGINE_THREADS === undefined ? {} : { intraOpThreads: config.ENGINE_THREADS }),
       executionProvider: config.EXECUTION_PROVIDER,
+      deviceId: config.EXECUTION_DEVICE_ID,
+      allowProviderFallback: config.PROVIDER_FALLBACK,
     },
   });
   const inference = new EmbeddedInference(model, metrics, {

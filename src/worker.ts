@@ -11,6 +11,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { loadConfig } from './config.js';
+import { readinessBody } from './http/ops-routes.js';
 import { Model } from './inference/model.js';
 import { EmbeddedInference } from './inference/service.js';
 import { Metrics } from './metrics.js';
@@ -33,8 +34,22 @@ async function main(): Promise<void> {
       workers: config.ENGINE_WORKERS,
       ...(config.ENGINE_THREADS === undefined ? {} : { intraOpThreads: config.ENGINE_THREADS }),
       executionProvider: config.EXECUTION_PROVIDER,
+      deviceId: config.EXECUTION_DEVICE_ID,
+      allowProviderFallback: config.PROVIDER_FALLBACK,
     },
   });
+  const provider = model.engine.providerStatus;
+  if (provider.fallbackReason !== undefined) {
+    log(
+      'warn',
+      `execution provider ${provider.requested} could not start; running on ${provider.provider} (PROVIDER_FALLBACK=true)`,
+      {
+        provider: provider.provider,
+        requested: provider.requested,
+        reason: provider.fallbackReason,
+      },
+    );
+  }
   const metrics = new Metrics();
   const service = new EmbeddedInference(model, metrics, {
     maxBatchItems: config.MAX_BATCH_ITEMS,
@@ -108,13 +123,9 @@ function serveOps(
       response.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
     } else if (path === '/health/ready') {
       const readiness = worker.readiness();
-      response.writeHead(readiness.ready ? 200 : 503, { 'content-type': 'application/json' }).end(
-        JSON.stringify({
-          ready: readiness.ready,
-          checks: readiness.checks,
-          execution_provider: readiness.executionProvider ?? null,
-        }),
-      );
+      response
+        .writeHead(readiness.ready ? 200 : 503, { 'content-type': 'application/json' })
+        .end(JSON.stringify(readinessBody(readiness)));
     } else {
       response.writeHead(404).end();
     }

@@ -26,13 +26,21 @@ describe('decideBatch', () => {
 
   it('takes a full batch at once, however young', () => {
     const pending = [item(5), item(5), item(5), item(5), item(5)];
-    assert.deepEqual(decideBatch(pending, 0, limits, idle), { kind: 'take', indexes: [0, 1, 2, 3] });
+    assert.deepEqual(decideBatch(pending, 0, limits, idle), {
+      kind: 'take',
+      indexes: [0, 1, 2, 3],
+    });
   });
 
   it('sends only a full batch ahead while every worker is busy', () => {
     const five = [item(5), item(5), item(5), item(5), item(5)];
-    assert.deepEqual(decideBatch(five, 0, limits, busyWithSlot), { kind: 'take', indexes: [0, 1, 2, 3] });
-    assert.deepEqual(decideBatch([item(5, 0), item(5, 0)], 100, limits, busyWithSlot), { kind: 'idle' });
+    assert.deepEqual(decideBatch(five, 0, limits, busyWithSlot), {
+      kind: 'take',
+      indexes: [0, 1, 2, 3],
+    });
+    assert.deepEqual(decideBatch([item(5, 0), item(5, 0)], 100, limits, busyWithSlot), {
+      kind: 'idle',
+    });
   });
 
   it('takes at once when the token budget leaves items behind', () => {

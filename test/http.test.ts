@@ -544,6 +544,9 @@ describe('happy paths, checked against the OpenAPI document', () => {
       ready: true,
       checks: { model_loaded: true, engine_workers_up: true, not_draining: true },
       execution_provider: 'cpu',
+      execution_provider_requested: 'cpu',
+      provider_fallback: false,
+      provider_fallback_reason: null,
     });
   });
 

@@ -77,7 +77,11 @@ describe('main.js', () => {
     const server = await startServer({ MODEL_DIR: packDir, ENGINE_WORKERS: '1' });
     const body = JSON.stringify({ inputs: ['the quick brown fox', 'der schnelle braune fuchs'] });
     const send = () =>
-      fetch(`${server.url}/v1/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      fetch(`${server.url}/v1/infer`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body,
+      });
     const first = await send();
     assert.equal(first.status, 200);
     const inFlight = Array.from({ length: 8 }, send);

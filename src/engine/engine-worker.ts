@@ -40,7 +40,7 @@ const port = parentPort;
 if (port === null) throw new Error('engine-worker.js must run as a worker thread');
 const init = workerData as WorkerInit;
 const mixtures = new Map<number, MixtureSession>();
-let backbone: ort.InferenceSession;
+let backbone: ort.InferenceSession | undefined;
 let feedsTokenTypes = false;
 
 function post(message: WorkerMessage, transfer: ArrayBuffer[] = []): void {
@@ -49,7 +49,7 @@ function post(message: WorkerMessage, transfer: ArrayBuffer[] = []): void {
 
 function sessionOptions(settings: SessionSettings): ort.InferenceSession.SessionOptions {
   return {
-    executionProviders: [settings.executionProvider],
+    executionProviders: [providerOption(settings)],
     intraOpNumThreads: settings.intraOpThreads,
     interOpNumThreads: 1,
     executionMode: 'sequential',
@@ -60,8 +60,18 @@ function sessionOptions(settings: SessionSettings): ort.InferenceSession.Session
   };
 }
 
+/** The provider entry ORT takes: only `cuda` accepts a device id (webgpu rejects the option). */
+function providerOption(settings: SessionSettings): ort.InferenceSession.ExecutionProviderConfig {
+  return settings.executionProvider === 'cuda'
+    ? { name: 'cuda', deviceId: settings.deviceId }
+    : settings.executionProvider;
+}
+
+/** Settings of the sessions this worker runs (after a fallback: cpu, not what was asked for). */
+let active: SessionSettings = init.session;
+
 async function loadMixture(graph: MixtureGraph): Promise<void> {
-  const session = await ort.InferenceSession.create(graph.bytes, sessionOptions(init.session));
+  const session = await ort.InferenceSession.create(graph.bytes, sessionOptions(active));
   mixtures.set(graph.version, {
     session,
     groupCount: graph.groupCount,
@@ -69,29 +79,74 @@ async function loadMixture(graph: MixtureGraph): Promise<void> {
   });
 }
 
-async function start(): Promise<void> {
-  try {
-    backbone = await ort.InferenceSession.create(init.backbonePath, sessionOptions(init.session));
-    for (const name of ['input_ids', 'attention_mask']) {
-      if (!backbone.inputNames.includes(name)) {
-        throw new Error(
-          `backbone ${init.backbonePath} has no input '${name}' (inputs: ${backbone.inputNames.join(', ')}); ` +
-            'export it with the Hugging Face feature-extraction contract',
-        );
-      }
-    }
-    if (!backbone.outputNames.includes(BACKBONE_OUTPUT)) {
+/** Create the backbone session and the initial mixture sessions on `active`'s provider. */
+async function openSessions(): Promise<void> {
+  backbone = await ort.InferenceSession.create(init.backbonePath, sessionOptions(active));
+  for (const name of ['input_ids', 'attention_mask']) {
+    if (!backbone.inputNames.includes(name)) {
       throw new Error(
-        `backbone ${init.backbonePath} has no output '${BACKBONE_OUTPUT}' (outputs: ${backbone.outputNames.join(', ')})`,
+        `backbone ${init.backbonePath} has no input '${name}' (inputs: ${backbone.inputNames.join(', ')}); ` +
+          'export it with the Hugging Face feature-extraction contract',
       );
     }
-    feedsTokenTypes = backbone.inputNames.includes('token_type_ids');
-    for (const graph of init.mixtures) await loadMixture(graph);
-  } catch (error) {
-    post({ type: 'init-failed', message: errorMessage(error) });
-    process.exit(1);
   }
-  post({ type: 'ready', provider: init.session.executionProvider, versions: [...mixtures.keys()] });
+  if (!backbone.outputNames.includes(BACKBONE_OUTPUT)) {
+    throw new Error(
+      `backbone ${init.backbonePath} has no output '${BACKBONE_OUTPUT}' (outputs: ${backbone.outputNames.join(', ')})`,
+    );
+  }
+  feedsTokenTypes = backbone.inputNames.includes('token_type_ids');
+  for (const graph of init.mixtures) await loadMixture(graph);
+}
+
+async function releaseSessions(): Promise<void> {
+  for (const mixture of mixtures.values()) await mixture.session.release().catch(() => undefined);
+  mixtures.clear();
+  await backbone?.release().catch(() => undefined);
+  backbone = undefined;
+}
+
+/**
+ * Open the sessions on the requested provider. ORT does not fall back by itself: with
+ * `['cuda', 'cpu']` session creation throws when cuda cannot start (FIELD-NOTES). So when a GPU
+ * provider fails, the same graphs are tried on cpu: if they fail there too the graphs are at fault
+ * (init-failed); if they load, the provider is, and the worker either serves on cpu and says so
+ * (`ready` with `fallbackReason`) or, with fallback off, reports `provider-failed` and exits.
+ */
+async function start(): Promise<void> {
+  const requested = init.session.executionProvider;
+  try {
+    await openSessions();
+    post({ type: 'ready', provider: requested, versions: [...mixtures.keys()] });
+    return;
+  } catch (error) {
+    await releaseSessions();
+    if (requested === 'cpu') fail({ type: 'init-failed', message: errorMessage(error) });
+    // ORT's messages may span lines (source paths, driver warnings): one line for logs and health.
+    const reason = errorMessage(error).replace(/\s+/g, ' ').trim().replace(/\.$/, '');
+    active = { ...init.session, executionProvider: 'cpu' };
+    try {
+      await openSessions();
+    } catch (cpuError) {
+      fail({ type: 'init-failed', message: errorMessage(cpuError) });
+    }
+    if (!init.session.allowFallback) {
+      await releaseSessions();
+      fail({ type: 'provider-failed', provider: requested, message: reason });
+    }
+    post({
+      type: 'ready',
+      provider: 'cpu',
+      versions: [...mixtures.keys()],
+      fallbackReason: reason,
+    });
+  }
+}
+
+/** Report why this worker cannot start, and exit. */
+function fail(message: WorkerMessage): never {
+  post(message);
+  process.exit(1);
 }
 
 async function run(request: RunRequest): Promise<void> {
@@ -118,7 +173,7 @@ async function run(request: RunRequest): Promise<void> {
     );
   }
   const t0 = performance.now();
-  const hidden = (await backbone.run(backboneFeeds, [BACKBONE_OUTPUT]))[BACKBONE_OUTPUT]!; // [B,T,d]
+  const hidden = (await backbone!.run(backboneFeeds, [BACKBONE_OUTPUT]))[BACKBONE_OUTPUT]!; // [B,T,d]
   const t1 = performance.now();
 
   const feeds: Record<string, ort.Tensor> = {
@@ -189,7 +244,7 @@ async function handle(message: HostMessage): Promise<void> {
     }
     case 'stop':
       for (const mixture of mixtures.values()) await mixture.session.release();
-      await backbone.release();
+      await backbone?.release();
       process.exit(0);
       return;
     case 'crash':

@@ -12,6 +12,9 @@
  * - A worker that dies fails its in-flight batches with ENGINE_WORKER_CRASHED and is replaced.
  * - Workers are stopped by message after they drain, never by terminate() mid-run, which aborts
  *   the whole process (FIELD-NOTES).
+ * - The execution provider is never changed silently: when the requested one cannot start, `start`
+ *   rejects with ENGINE_PROVIDER_UNAVAILABLE, or (with `allowProviderFallback`) the engine runs on
+ *   cpu and `providerStatus` says so, with the reason.
  */
 import { EventEmitter } from 'node:events';
 import { availableParallelism } from 'node:os';
@@ -42,6 +45,14 @@ export interface EngineOptions {
   readonly intraOpThreads?: number;
   /** Default 'cpu'. */
   readonly executionProvider?: ExecutionProvider;
+  /** GPU ordinal for 'cuda'. Default 0. */
+  readonly deviceId?: number;
+  /**
+   * When the provider cannot start: run on cpu and report it (true), or reject `start` with
+   * ENGINE_PROVIDER_UNAVAILABLE (false). Default false: a GPU deployment that quietly runs on CPU
+   * is one that misses its latency and throughput targets with nothing on the dashboard red.
+   */
+  readonly allowProviderFallback?: boolean;
   /** Batches sent ahead to one worker so it never waits for the next one. Default 2. */
   readonly pipelineDepth?: number;
   /** Accept the test-only 'crash' message. Default false. */
@@ -66,6 +77,16 @@ export interface BatchOutcome {
   readonly timings: StageTimings;
   /** Rows x padded length actually sent to the backbone. */
   readonly paddedTokens: number;
+}
+
+/** Which provider the engine runs on, and why it differs from the one asked for, if it does. */
+export interface ProviderStatus {
+  /** In use; undefined until the first worker is ready. */
+  readonly provider: ExecutionProvider | undefined;
+  readonly requested: ExecutionProvider;
+  readonly deviceId: number;
+  /** Why the requested provider could not start (set only after a fallback to cpu). */
+  readonly fallbackReason: string | undefined;
 }
 
 export interface EngineEvents {
@@ -121,6 +142,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   private closing: Promise<void> | undefined;
   private restarts = 0;
   private providerInUse: ExecutionProvider | undefined;
+  private fallbackReason: string | undefined;
 
   private constructor(options: EngineOptions, first: LiveMixture) {
     super();
@@ -131,6 +153,8 @@ export class Engine extends EventEmitter<EngineEvents> {
       workers,
       intraOpThreads: options.intraOpThreads ?? Math.max(1, Math.floor(cores / workers)),
       executionProvider: options.executionProvider ?? 'cpu',
+      deviceId: options.deviceId ?? 0,
+      allowProviderFallback: options.allowProviderFallback ?? false,
       pipelineDepth: options.pipelineDepth ?? 2,
       allowFaultInjection: options.allowFaultInjection ?? false,
     };
@@ -169,9 +193,19 @@ export class Engine extends EventEmitter<EngineEvents> {
     return this.providerInUse;
   }
 
+  get providerStatus(): ProviderStatus {
+    return {
+      provider: this.providerInUse,
+      requested: this.options.executionProvider,
+      deviceId: this.options.deviceId,
+      fallbackReason: this.fallbackReason,
+    };
+  }
+
   /** Ready workers with no batch in flight. */
   get idleWorkers(): number {
-    return this.slots.filter((slot) => slot.ready && !slot.stopping && slot.inFlight.size === 0).length;
+    return this.slots.filter((slot) => slot.ready && !slot.stopping && slot.inFlight.size === 0)
+      .length;
   }
 
   /** Workers up and taking batches. */
@@ -403,7 +437,10 @@ export class Engine extends EventEmitter<EngineEvents> {
       workerData: {
         backbonePath: this.options.backbonePath,
         session: {
-          executionProvider: this.options.executionProvider,
+          // After a fallback, replacements start on cpu at once: every worker runs on one provider.
+          executionProvider: this.providerInUse ?? this.options.executionProvider,
+          deviceId: this.options.deviceId,
+          allowFallback: this.options.allowProviderFallback,
           intraOpThreads: this.options.intraOpThreads,
         },
         mixtures: graphs,
@@ -422,11 +459,13 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.slots[index] = slot;
     return new Promise((resolve, reject) => {
       let initError: string | undefined;
+      let providerError: MoeError | undefined;
       worker.on('message', (message: WorkerMessage) => {
         switch (message.type) {
           case 'ready':
             slot.ready = true;
             this.providerInUse = message.provider;
+            this.fallbackReason ??= message.fallbackReason;
             this.emit('worker-ready', { worker: index, provider: message.provider });
             this.catchUp(slot);
             resolve();
@@ -434,6 +473,14 @@ export class Engine extends EventEmitter<EngineEvents> {
             return;
           case 'init-failed':
             initError = message.message;
+            return;
+          case 'provider-failed':
+            initError = message.message;
+            providerError = providerUnavailable(
+              message.provider,
+              this.options.deviceId,
+              message.message,
+            );
             return;
           case 'result':
             this.settle(slot, message.id, message.outputs, message.timings);
@@ -474,10 +521,9 @@ export class Engine extends EventEmitter<EngineEvents> {
         const reason = initError ?? `exit code ${code}`;
         if (!slot.ready) {
           // Never came up: a broken backbone or graph is not worth restarting in a loop.
-          const error = new MoeError(
-            'ENGINE_FAILED',
-            `An engine worker could not start: ${reason}`,
-          );
+          const error =
+            providerError ??
+            new MoeError('ENGINE_FAILED', `An engine worker could not start: ${reason}`);
           reject(error);
           if (!initial && this.closing === undefined) this.respawnLater(index, reason);
           return;
@@ -566,6 +612,26 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.drainResolve = undefined;
     resolve();
   }
+}
+
+const PROVIDER_NEEDS: Record<ExecutionProvider, string> = {
+  cpu: '',
+  cuda: ' It needs an NVIDIA GPU with its driver, CUDA 12 and cuDNN 9, and the CUDA provider libraries of onnxruntime-node (installed with ONNXRUNTIME_NODE_INSTALL=cuda12; the cuda image target has them).',
+  webgpu: ' It needs a GPU adapter that Dawn reaches through Vulkan (libvulkan.so.1 and a driver).',
+};
+
+function providerUnavailable(
+  provider: ExecutionProvider,
+  deviceId: number,
+  reason: string,
+): MoeError {
+  const device = provider === 'cuda' ? ` (device ${deviceId})` : '';
+  return new MoeError(
+    'ENGINE_PROVIDER_UNAVAILABLE',
+    `The execution provider '${provider}'${device} cannot start: ${reason}.${PROVIDER_NEEDS[provider]} ` +
+      'To run on CPU instead, allow the fallback (PROVIDER_FALLBACK=true) or ask for cpu (EXECUTION_PROVIDER=cpu).',
+    { provider, deviceId, reason },
+  );
 }
 
 function toGraph(layout: MixtureLayout, bytes: Uint8Array): MixtureGraph {

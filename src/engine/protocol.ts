@@ -3,10 +3,19 @@
  * as transferables: ownership moves, nothing is copied. Only `engine/` uses these types.
  */
 
-export type ExecutionProvider = 'cpu';
+/**
+ * ORT execution providers the engine can ask for. `cpu` ships in onnxruntime-node; `webgpu` is
+ * bundled too (it needs a GPU adapter, over Vulkan on Linux); `cuda` needs the CUDA 12 + cuDNN 9
+ * provider libraries beside libonnxruntime (`ONNXRUNTIME_NODE_INSTALL=cuda12` at install time).
+ */
+export type ExecutionProvider = 'cpu' | 'cuda' | 'webgpu';
 
 export interface SessionSettings {
   readonly executionProvider: ExecutionProvider;
+  /** GPU ordinal for `cuda` (ORT's Node binding takes no device choice for `webgpu`). */
+  readonly deviceId: number;
+  /** When the provider cannot start: run on `cpu` instead (true) or fail the worker (false). */
+  readonly allowFallback: boolean;
   readonly intraOpThreads: number;
 }
 
@@ -58,8 +67,21 @@ export interface StageTimings {
 }
 
 export type WorkerMessage =
-  | { readonly type: 'ready'; readonly provider: ExecutionProvider; readonly versions: number[] }
+  | {
+      readonly type: 'ready';
+      /** The provider the sessions really run on. */
+      readonly provider: ExecutionProvider;
+      readonly versions: number[];
+      /** Set when the requested provider could not start and the worker fell back to cpu. */
+      readonly fallbackReason?: string;
+    }
   | { readonly type: 'init-failed'; readonly message: string }
+  /** The requested provider cannot start (the same graphs load on cpu) and fallback is off. */
+  | {
+      readonly type: 'provider-failed';
+      readonly provider: ExecutionProvider;
+      readonly message: string;
+    }
   | { readonly type: 'mixture-loaded'; readonly version: number }
   | { readonly type: 'mixture-failed'; readonly version: number; readonly message: string }
   | {

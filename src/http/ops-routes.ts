@@ -2,9 +2,21 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
-import type { Inference } from '../inference/service.js';
+import type { Inference, Readiness as ReadinessState } from '../inference/service.js';
 import type { Metrics } from '../metrics.js';
 import { Liveness, Readiness } from './schemas.js';
+
+/** The JSON body of /health/ready (the API role here, the worker role's own server too). */
+export function readinessBody(readiness: ReadinessState) {
+  return {
+    ready: readiness.ready,
+    checks: { ...readiness.checks },
+    execution_provider: readiness.executionProvider ?? null,
+    execution_provider_requested: readiness.executionProviderRequested ?? null,
+    provider_fallback: readiness.providerFallbackReason !== undefined,
+    provider_fallback_reason: readiness.providerFallbackReason ?? null,
+  };
+}
 
 export async function opsRoutes(
   app: FastifyInstance,
@@ -34,11 +46,7 @@ export async function opsRoutes(
       const readiness = options.inference.readiness();
       reply.code(readiness.ready ? 200 : 503);
       if (!readiness.ready) reply.header('retry-after', '1');
-      return {
-        ready: readiness.ready,
-        checks: { ...readiness.checks },
-        execution_provider: readiness.executionProvider ?? null,
-      };
+      return readinessBody(readiness);
     },
   );
 

@@ -189,5 +189,14 @@ export const Liveness = Type.Object({ status: Type.Literal('ok') });
 export const Readiness = Type.Object({
   ready: Type.Boolean(),
   checks: Dict(Type.Boolean()),
-  execution_provider: Type.Union([Type.String(), Type.Null()]),
+  execution_provider: Type.Union([Type.String(), Type.Null()], {
+    description: 'The ORT execution provider the engine runs on (null where no engine runs here).',
+  }),
+  execution_provider_requested: Type.Union([Type.String(), Type.Null()], {
+    description: 'The one configured (EXECUTION_PROVIDER).',
+  }),
+  provider_fallback: Type.Boolean({
+    description: 'True when the requested provider could not start and the engine runs on cpu.',
+  }),
+  provider_fallback_reason: Type.Union([Type.String(), Type.Null()]),
 });

@@ -172,12 +172,10 @@ export class Batcher {
     }
     for (;;) {
       this.dropDead();
-      const decision = decideBatch(
-        this.pending,
-        performance.now(),
-        this.options,
-        { idleWorker: this.engine.idleWorkers > 0, freeSlot: this.engine.freeCapacity > 0 },
-      );
+      const decision = decideBatch(this.pending, performance.now(), this.options, {
+        idleWorker: this.engine.idleWorkers > 0,
+        freeSlot: this.engine.freeCapacity > 0,
+      });
       if (decision.kind === 'idle') return;
       if (decision.kind === 'wait') {
         this.timer = setTimeout(() => this.schedule(), decision.ms);
@@ -273,7 +271,10 @@ function timeoutMessage(ms: number): string {
 }
 
 function abortError(): MoeError {
-  return new MoeError('CLIENT_CLOSED', 'The client went away before the answer; its queued items were dropped.');
+  return new MoeError(
+    'CLIENT_CLOSED',
+    'The client went away before the answer; its queued items were dropped.',
+  );
 }
 
 function isAbort(error: unknown): boolean {

@@ -59,7 +59,11 @@ export interface ModelDescription {
 export interface Readiness {
   readonly ready: boolean;
   readonly checks: Readonly<Record<string, boolean>>;
+  /** In use; undefined where this process runs no engine. */
   readonly executionProvider: string | undefined;
+  readonly executionProviderRequested: string | undefined;
+  /** Why the requested provider could not start (the engine fell back to cpu). */
+  readonly providerFallbackReason: string | undefined;
 }
 
 export interface Inference {
@@ -239,10 +243,13 @@ export class EmbeddedInference implements Inference {
       engine_workers_up: engine.readyWorkers > 0,
       not_draining: !this.draining,
     };
+    const provider = engine.providerStatus;
     return {
       ready: Object.values(checks).every(Boolean),
       checks,
-      executionProvider: engine.provider,
+      executionProvider: provider.provider,
+      executionProviderRequested: provider.requested,
+      providerFallbackReason: provider.fallbackReason,
     };
   }
 
