@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildApp } from '../src/app.js';
@@ -18,6 +18,7 @@ import { EmbeddedInference } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
 import { buildFixturePack, FIXTURE_LANGUAGES, FIXTURE_TEXTS } from '../src/pack/fixture.js';
 import {
+  activeJobsOf,
   clusterEnv,
   freePort,
   type HttpProc,
@@ -45,6 +46,8 @@ let redis: Proc;
 let env: Record<string, string>;
 let api: HttpProc;
 const workers: HttpProc[] = [];
+/** BullMQ's key prefix of the cluster's queue (QUEUE_PREFIX:QUEUE_NAME:). */
+let queueKeys: string;
 /** Extra processes a test started; stopped in `after`. */
 const extras: Proc[] = [];
 let embedded: { model: Model; inference: EmbeddedInference };
@@ -145,6 +148,32 @@ function assertSameResult(
   assert.equal(got.truncated, want.truncated, `${what}: truncated`);
 }
 
+/**
+ * SIGKILL `victim` at a moment it provably holds jobs, and resolve with how many. A job spends only
+ * tens of milliseconds in a worker (the API node, not the workers, limits this load), so a kill at
+ * a random moment often finds the worker holding nothing and proves no recovery. So: freeze it
+ * (SIGSTOP: it takes, finishes and renews nothing), let the Redis commands it already sent land,
+ * count the active jobs it took (BullMQ's `processedBy` is the worker's name, hostname:pid); kill
+ * it if it holds any, else let it run a moment and look again.
+ */
+async function killHoldingJobs(victim: HttpProc): Promise<number> {
+  const name = `${hostname()}:${victim.child.pid}`;
+  const limit = performance.now() + 20_000;
+  while (performance.now() < limit) {
+    victim.child.kill('SIGSTOP');
+    await sleep(100);
+    const held = await activeJobsOf(redisPort, queueKeys, name);
+    if (held > 0) {
+      victim.child.kill('SIGKILL');
+      return held;
+    }
+    victim.child.kill('SIGCONT');
+    await sleep(10 + Math.random() * 40);
+  }
+  victim.child.kill('SIGKILL');
+  throw new Error('the victim held no job whenever it was frozen; nothing to recover');
+}
+
 /** Embedded mode's answers for requests 0..REQUESTS-1, computed once. */
 let expected: InferResult[];
 
@@ -180,10 +209,10 @@ before(async () => {
     packDir,
     redisPort,
     prefix: `moe-test-${process.pid}-${Date.now()}`,
-    // 16 jobs per worker at most: under load at concurrency 64 both workers hold jobs (a worker
-    // with room for all 64 would take nearly all of them), so the one killed holds some.
+    // 16 jobs per worker at most: a worker with room for all 64 would take nearly all of them.
     extra: { JOB_LOCK_MS: LOCK_MS, WORKER_CONCURRENCY: '16', ADMIN_API_KEY: ADMIN_KEY },
   });
+  queueKeys = `${env.QUEUE_PREFIX}:${env.QUEUE_NAME ?? 'moe-infer'}:`;
   const started = await Promise.all([startApi(env), startWorker(env), startWorker(env)]);
   api = started[0];
   workers.push(started[1], started[2]);
@@ -225,22 +254,29 @@ describe('queue mode: one API node, two workers, real Redis', () => {
     }
   });
 
-  it('loses nothing when a worker is SIGKILLed mid-load: every request answered once', async () => {
+  it('loses nothing when a worker is SIGKILLed mid-load: every request answered once', async (t) => {
     const victim = workers.pop()!;
     extras.push(victim);
-    let killed = false;
+    let killing: Promise<number> | undefined;
     await loadAndCheck('kill', (done) => {
-      if (!killed && done >= 150) {
-        killed = true;
-        victim.child.kill('SIGKILL');
+      if (killing === undefined && done >= 150) {
+        killing = killHoldingJobs(victim);
+        killing.catch(() => undefined); // awaited below
       }
     });
-    assert.ok(killed);
+    assert.ok(killing !== undefined);
+    const held = await killing;
     assert.equal(await victim.exit, null, 'killed by the signal');
     const survivor = String((await get(`${workers[0]!.url}/metrics`)).json);
-    // The survivor's stall check moved the dead worker's jobs back, and ran them again.
-    assert.ok(metricSum(survivor, 'moe_queue_jobs_stalled_total') >= 1, 'stalled jobs seen');
-    assert.ok(metricSum(survivor, 'moe_queue_job_retries_total') >= 1, 'jobs taken again');
+    // The survivor's stall check moved every job the dead worker held back, and ran them again.
+    const stalled = metricSum(survivor, 'moe_queue_jobs_stalled_total');
+    const retries = metricSum(survivor, 'moe_queue_job_retries_total');
+    t.diagnostic(
+      `killed holding ${held} jobs; survivor: ${stalled} stalled, ${retries} taken again`,
+    );
+    assert.ok(held >= 1, 'the victim held jobs when killed');
+    assert.ok(stalled >= held, `stalled jobs seen: ${stalled} of the ${held} held`);
+    assert.ok(retries >= held, `jobs taken again: ${retries} of the ${held} held`);
     assert.ok(api.alive() && workers[0]!.alive());
   });
 

@@ -211,6 +211,8 @@ export class QueueInference implements Inference, JobQueue {
       ready: Object.values(checks).every(Boolean),
       checks,
       executionProvider: undefined, // the workers run the model
+      executionProviderRequested: undefined,
+      providerFallbackReason: undefined,
     };
   }
 
@@ -262,12 +264,17 @@ export class QueueInference implements Inference, JobQueue {
 
   async status(id: string): Promise<JobStatus> {
     this.assertRedis();
+    // State first, then the job: completed and failed are final, so a job read after its state
+    // said so carries its result or reason. (Job first, state second reported a job that finished
+    // in between as 'failed' with no reason, i.e. INTERNAL, or 'completed' with no result.)
     const read = async () => {
+      const state = await this.queue.getJobState(id);
+      if (state === 'unknown') return undefined;
       const job = await this.queue.getJob(id);
-      return job === undefined ? undefined : { job, state: await job.getState() };
+      return job === undefined ? undefined : { job, state };
     };
     const found = await within(read(), this.options.addTimeoutMs, unavailable);
-    if (found === undefined || found.state === 'unknown') {
+    if (found === undefined) {
       throw new MoeError(
         'JOB_NOT_FOUND',
         `No job '${id}': it never existed, or it finished more than JOB_RESULT_TTL_SECONDS ago and its result was removed.`,

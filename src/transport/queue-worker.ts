@@ -109,6 +109,8 @@ export class QueueWorker {
       ready: Object.values(checks).every(Boolean),
       checks,
       executionProvider: engine.executionProvider,
+      executionProviderRequested: engine.executionProviderRequested,
+      providerFallbackReason: engine.providerFallbackReason,
     };
   }
 

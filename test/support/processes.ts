@@ -161,6 +161,34 @@ export function redisPing(port: number): Promise<boolean> {
   });
 }
 
+/**
+ * Active jobs of one BullMQ queue (`keyPrefix` is `QUEUE_PREFIX:QUEUE_NAME:`) that the worker
+ * named `workerName` took (BullMQ keeps the taker's name in the job's `pb` field), counted in one
+ * atomic step on the Redis at `port`.
+ */
+export function activeJobsOf(port: number, keyPrefix: string, workerName: string): Promise<number> {
+  const script = `local n = 0
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if redis.call('HGET', ARGV[1] .. id, 'pb') == ARGV[2] then n = n + 1 end
+end
+return n`;
+  return new Promise((resolve, reject) => {
+    execFile(
+      'redis-cli',
+      ['-p', String(port), 'EVAL', script, '1', `${keyPrefix}active`, keyPrefix, workerName],
+      { timeout: 5000 },
+      (error, stdout) => {
+        const count = Number.parseInt(stdout.replace(/^\(integer\)\s*/, '').trim(), 10);
+        if (error !== null || Number.isNaN(count)) {
+          reject(error ?? new Error(`redis-cli EVAL: ${stdout}`));
+        } else {
+          resolve(count);
+        }
+      },
+    );
+  });
+}
+
 /** SIGTERM (or `signal`) and wait for the exit; SIGKILL after `timeoutMs`. */
 export async function stop(
   proc: Proc,
