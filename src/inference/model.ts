@@ -141,6 +141,9 @@ export class ModelFrontend {
     // Fail fast, before anything is queued. The engine resolves it again at dispatch against the
     // graph then current (an adapter may have been unloaded in between).
     routeItem(this.layout, routing);
+    // Without a task, answer the heads whose adapter this routing really uses: a head trained on
+    // its own task adapter says little when run through another one.
+    tasks ??= this.headsServedBy(pins);
     if (request.tokenIds !== undefined) {
       if (request.inputs.length > 0) {
         throw new MoeError('INPUT_INVALID', 'Send texts or token ids in one request, not both.', {
@@ -170,6 +173,22 @@ export class ModelFrontend {
       const encoded = this.tokenizer.encode(text, this.truncation, index);
       return { ids: encoded.ids, routing, truncated: encoded.truncated, tasks };
     });
+  }
+
+  /**
+   * Heads whose pinned adapter is the one `pins` (or the group's default adapter) selects, plus
+   * heads without a pin; a pin into a gated, unpinned group cannot be known before the gate runs,
+   * so such heads are kept.
+   */
+  private headsServedBy(pins: Readonly<Record<string, string>>): string[] {
+    return this.pack.heads
+      .filter((head) => {
+        if (head.pin === undefined) return true;
+        const group = this.layout.groups.find((g) => g.id === head.pin!.group);
+        const chosen = pins[head.pin.group] ?? (group?.gated ? undefined : group?.defaultAdapter);
+        return chosen === undefined || chosen === head.pin.adapter;
+      })
+      .map((head) => head.id);
   }
 }
 

@@ -1,0 +1,257 @@
+/**
+ * A small demo build (SMALL_CONFIG, what `build-demo-pack --small` builds), checked the way the
+ * server will use it: the pack is loaded by the pack loader, the mixture graph is compiled by the
+ * project's compiler and run with ORT after the pack's ONNX backbone, and the accuracies that this
+ * served path gives on the held-out sentences must be those of report.json, well above chance.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import * as ort from 'onnxruntime-node';
+import { BackboneRunner } from '../src/demo/backbone.js';
+import {
+  buildDemoPack,
+  DEMO_REPORT_FILE,
+  type DemoReport,
+  ensureDemoPack,
+  SMALL_CONFIG,
+} from '../src/demo/build.js';
+import { loadDemoCorpus } from '../src/demo/corpus.js';
+import { FRESH_SENTENCES } from '../src/demo/fresh.js';
+import { TextTokenizer } from '../src/inference/tokenizer.js';
+import { compileMixture } from '../src/onnx/mixture.js';
+import {
+  groupBiasName,
+  groupExpertsName,
+  groupKmaxName,
+  groupKName,
+  headScoresName,
+  MIXTURE_INPUT_HIDDEN,
+  MIXTURE_INPUT_MASK,
+  ROUTE_PINNED,
+} from '../src/onnx/mixture-contract.js';
+import { type LoadedPack, loadPack } from '../src/pack/load.js';
+
+interface Served {
+  /** Top-1 language adapter id per text. */
+  readonly routed: string[];
+  /** Per head (pack order): argmax label index per text. */
+  readonly answers: number[][];
+}
+
+/** Runs texts through the pack as the server does: tokenizer, backbone, compiled mixture graph. */
+async function serve(pack: LoadedPack, texts: readonly string[]): Promise<Served> {
+  const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
+  const ids = texts.map((t) => tokenizer.encode(t, 'truncate').ids);
+  const runner = await BackboneRunner.create(pack.backbonePath, pack.hiddenSize, 2);
+  const states = await runner.states(ids).finally(() => runner.release());
+  const graph = compileMixture({
+    hiddenSize: pack.hiddenSize,
+    groups: pack.groups.map((g) => ({ id: g.id, adapters: g.adapters, gate: g.gate })),
+    heads: pack.heads,
+  });
+  const session = await ort.InferenceSession.create(graph, { intraOpNumThreads: 2 });
+  const d = pack.hiddenSize;
+  const language = pack.groups[0]!;
+  const task = pack.groups[1]!;
+  const routed: string[] = [];
+  const answers: number[][] = pack.heads.map(() => []);
+  try {
+    for (let i = 0; i < texts.length; i++) {
+      const T = ids[i]!.length;
+      for (const [j, head] of pack.heads.entries()) {
+        // One item per run: the head's pin decides the task group's adapter (k = 1).
+        const pinned = task.adapters.findIndex((a) => a.id === head.pin?.adapter);
+        const taskBias = new Float32Array(task.adapters.length);
+        taskBias[pinned] = ROUTE_PINNED;
+        const feeds: Record<string, ort.Tensor> = {
+          [MIXTURE_INPUT_HIDDEN]: new ort.Tensor('float32', states[i]!, [1, T, d]),
+          [MIXTURE_INPUT_MASK]: new ort.Tensor('int64', new BigInt64Array(T).fill(1n), [1, T]),
+          [groupBiasName(0)]: new ort.Tensor(
+            'float32',
+            new Float32Array(language.adapters.length),
+            [1, language.adapters.length],
+          ),
+          [groupKName(0)]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
+          [groupKmaxName(0)]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
+          [groupBiasName(1)]: new ort.Tensor('float32', taskBias, [1, task.adapters.length]),
+          [groupKName(1)]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
+          [groupKmaxName(1)]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
+        };
+        const out = await session.run(feeds);
+        if (j === 0) {
+          const expert = Number((out[groupExpertsName(0)]!.data as BigInt64Array)[0]);
+          routed.push(language.adapters[expert]!.id);
+        }
+        const scores = out[headScoresName(j)]!.data as Float32Array;
+        answers[j]!.push(scores.indexOf(Math.max(...scores)));
+      }
+    }
+  } finally {
+    await session.release();
+  }
+  return { routed, answers };
+}
+
+/** Files under `dir`, relative, sorted. */
+async function listFiles(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries
+    .filter((e) => e.isFile())
+    .map((e) => relative(dir, join(e.parentPath, e.name)))
+    .sort();
+}
+
+describe('demo pack (small build)', () => {
+  const dirs: string[] = [];
+  let dir: string;
+  let report: DemoReport;
+  let pack: LoadedPack;
+  const lines: string[] = [];
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'demo-pack-'));
+    dirs.push(dir);
+    const result = await buildDemoPack(dir, { config: SMALL_CONFIG, log: (l) => lines.push(l) });
+    report = result.report;
+    pack = await loadPack(dir);
+  });
+
+  after(async () => {
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
+  });
+
+  test('logs every stage with its time', () => {
+    for (const stage of [
+      'corpus',
+      'tokenizer',
+      'backbone',
+      'gate',
+      'adapters',
+      'evaluate',
+      'write',
+    ]) {
+      assert.ok(
+        lines.some((l) => l.startsWith(`[demo] ${stage}`) && / s {2}/.test(l)),
+        stage,
+      );
+    }
+  });
+
+  test('the pack loads, with the backbone shape, a gated language group and pinned task heads', () => {
+    assert.equal(pack.hiddenSize, 256);
+    assert.equal(pack.maxLength, 128);
+    const [language, task] = pack.groups;
+    assert.equal(language!.id, 'language');
+    assert.equal(language!.adapters.length, SMALL_CONFIG.languages.length);
+    assert.equal(language!.gate?.type, 'linear');
+    assert.equal(task!.id, 'task');
+    assert.equal(task!.gate, null);
+    assert.deepEqual(
+      pack.heads.map((h) => [h.id, h.labels.length, h.pin?.adapter]),
+      [
+        ['article', 30, 'article'],
+        ['theme', 6, 'theme'],
+      ],
+    );
+  });
+
+  test('report.json: the gate routes >= 0.90 of held-out sentences right; heads well above chance', async () => {
+    const onDisk = JSON.parse(await readFile(join(dir, DEMO_REPORT_FILE), 'utf8')) as DemoReport;
+    assert.deepEqual(onDisk, report);
+    assert.equal(report.seed, SMALL_CONFIG.seed);
+    assert.ok(report.split.train > 0 && report.split.heldout > 0);
+    const gate = report.gates.language!;
+    assert.ok(gate.heldout_accuracy >= 0.9, `gate ${gate.heldout_accuracy}`);
+    const n = report.split.heldout_pack_languages;
+    for (const [id, head] of Object.entries(report.heads)) {
+      // Clearly above chance: 3 binomial standard deviations above the majority-label baseline,
+      // and at least twice the uniform guess.
+      const p = head.chance;
+      const bar = p + 3 * Math.sqrt((p * (1 - p)) / n);
+      assert.ok(
+        head.heldout_accuracy > bar,
+        `${id}: ${head.heldout_accuracy} <= ${bar.toFixed(3)}`,
+      );
+      assert.ok(head.heldout_accuracy >= 2 * head.uniform_chance, id);
+    }
+  });
+
+  test('the served graph gives the reported held-out accuracies', async () => {
+    const languages = [...SMALL_CONFIG.languages, ...SMALL_CONFIG.auxiliaryLanguages];
+    const corpus = loadDemoCorpus({
+      languages,
+      seed: SMALL_CONFIG.seed,
+      heldoutFraction: SMALL_CONFIG.heldoutFraction,
+    });
+    const E = SMALL_CONFIG.languages.length;
+    const held = corpus.sentences.filter((s) => s.split === 'heldout' && s.lang < E);
+    assert.equal(held.length, report.split.heldout_pack_languages);
+    const served = await serve(
+      pack,
+      held.map((s) => s.text),
+    );
+    const accuracy = (ok: (i: number) => boolean) =>
+      held.filter((_, i) => ok(i)).length / held.length;
+    const gate = accuracy((i) => served.routed[i] === languages[held[i]!.lang]!.id);
+    const article = accuracy((i) => served.answers[0]![i] === held[i]!.article - 1);
+    const theme = accuracy((i) => served.answers[1]![i] === held[i]!.theme);
+    // Float32 ORT arithmetic may flip a near-tie: allow one sentence either way.
+    const tolerance = 1.01 / held.length;
+    assert.ok(
+      Math.abs(gate - report.gates.language!.heldout_accuracy) <= tolerance,
+      `gate ${gate}`,
+    );
+    assert.ok(
+      Math.abs(article - report.heads.article!.heldout_accuracy) <= tolerance,
+      `${article}`,
+    );
+    assert.ok(Math.abs(theme - report.heads.theme!.heldout_accuracy) <= tolerance, `${theme}`);
+  });
+
+  test('new sentences written for the test go to their own language adapter first', async () => {
+    const items = SMALL_CONFIG.languages.flatMap((l) =>
+      (FRESH_SENTENCES[l.id] ?? []).map((text) => ({ id: l.id, text })),
+    );
+    assert.ok(items.length >= 3 * SMALL_CONFIG.languages.length);
+    const served = await serve(
+      pack,
+      items.map((i) => i.text),
+    );
+    const wrong = items.flatMap((item, i) =>
+      served.routed[i] === item.id ? [] : [`${item.id} -> ${served.routed[i]}: ${item.text}`],
+    );
+    assert.deepEqual(wrong, [], `misrouted ${wrong.length} of ${items.length}`);
+  });
+
+  test('a folder that is not a demo build is never replaced', async () => {
+    const foreign = await mkdtemp(join(tmpdir(), 'demo-foreign-'));
+    dirs.push(foreign);
+    await writeFile(join(foreign, 'notes.txt'), 'keep me');
+    await assert.rejects(buildDemoPack(foreign, { config: SMALL_CONFIG }), /not a demo pack/);
+    assert.equal(await readFile(join(foreign, 'notes.txt'), 'utf8'), 'keep me');
+  });
+
+  test('two builds from a clean state give identical files; ensureDemoPack builds only once', async () => {
+    const second = await mkdtemp(join(tmpdir(), 'demo-pack-'));
+    dirs.push(second);
+    await rm(second, { recursive: true });
+    const log: string[] = [];
+    assert.equal(await ensureDemoPack(second, (l) => log.push(l), SMALL_CONFIG), true);
+    assert.ok(log.some((l) => l.includes('building')));
+    assert.equal(await ensureDemoPack(second, () => {}, SMALL_CONFIG), false);
+    const files = await listFiles(dir);
+    assert.deepEqual(await listFiles(second), files);
+    assert.deepEqual(
+      await readdir(join(second, '..')).then((n) => n.filter((f) => f.endsWith('.building'))),
+      [],
+    );
+    assert.ok(files.includes('backbone.onnx') && files.includes('tokenizer.json'));
+    for (const file of files) {
+      const [a, b] = await Promise.all([readFile(join(dir, file)), readFile(join(second, file))]);
+      assert.ok(a.equals(b), `${file} differs between two builds`);
+    }
+  });
+});
