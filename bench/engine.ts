@@ -21,6 +21,7 @@ import type { MixtureLayout } from '../src/onnx/mixture-contract.js';
 import { randomAdapter } from '../src/pack/fixture.js';
 import type { Head, LinearGate, MixtureSpec } from '../src/pack/types.js';
 import { Random } from '../src/util/random.js';
+import { log, median } from './support.js';
 
 const { values } = parseArgs({
   options: {
@@ -52,8 +53,6 @@ const BACKBONE = {
 };
 const d = BACKBONE.hiddenSize;
 const rng = new Random(2024);
-const log = (line: string) => process.stderr.write(`${line}\n`);
-
 function weight(shape: number[], std: number) {
   return {
     shape,
@@ -111,12 +110,6 @@ function configuration(
     heads: spec.heads.map((h) => ({ id: h.id, labels: h.labels })),
   };
   return { layout, bytes: compileMixture(spec) };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 async function main(): Promise<void> {

@@ -21,6 +21,7 @@ import { listProviders } from '../src/engine/providers.js';
 import { type InferResult, Model } from '../src/inference/model.js';
 import { FIXTURE_TEXTS } from '../src/pack/fixture.js';
 import { ensurePack } from '../src/tools/default-pack.js';
+import { log, median } from './support.js';
 
 const { values } = parseArgs({
   options: {
@@ -44,8 +45,6 @@ const TOLERANCE = Number(values.tolerance);
 const BATCHES = values.batches.split(',').map(Number);
 const SECONDS = Number(values.seconds);
 const ROUNDS = Number(values.rounds);
-const log = (line: string) => process.stderr.write(`${line}\n`);
-
 /** `n` inputs cycled from multilingual sample sentences, each made distinct by its number. */
 function inputs(n: number): string[] {
   return Array.from({ length: n }, (_, i) => `${FIXTURE_TEXTS[i % FIXTURE_TEXTS.length]} ${i}`);
@@ -96,11 +95,6 @@ async function throughput(model: Model, batch: number): Promise<number> {
     done += batch;
   }
   return done / ((performance.now() - start) / 1000);
-}
-
-function median(xs: number[]): number {
-  const sorted = [...xs].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
 }
 
 async function main(): Promise<number> {

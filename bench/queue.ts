@@ -33,6 +33,7 @@ import {
   startWorker,
   stop,
 } from '../test/support/processes.js';
+import { log, median, percentile, positiveInt, round2, SENTENCES } from './support.js';
 
 const cores = availableParallelism();
 const { values } = parseArgs({
@@ -65,46 +66,7 @@ const FIXTURE = { hiddenSize: 256, layers: 4, heads: 4, maxLength: 128 };
 const TARGETS = { addedP50MsAtC1: 5, throughputRatioAtC64: 0.7 };
 
 /** Realistic single inputs, 9-14 words, several languages. */
-const SENTENCES: readonly string[] = [
-  'Everyone has the right to education, and elementary education shall be free.',
-  'The committee will meet next Tuesday to review the budget for this year.',
-  'After three days of rain the river rose and flooded the lower town.',
-  'She finished the report late at night and sent it to her manager.',
-  'Jeder hat das Recht auf Bildung, und der Unterricht muss unentgeltlich sein.',
-  'Die Regierung hat am Montag neue Regeln für den Verkehr vorgestellt.',
-  "Toute personne a droit à l'éducation, et l'enseignement élémentaire est gratuit.",
-  'Nous avons pris le train de nuit pour arriver à Marseille tôt le matin.',
-  'Toda persona tiene derecho a la educación, y la instrucción elemental es gratuita.',
-  'La empresa abrirá una nueva fábrica en el norte del país el próximo año.',
-  'Каждый человек имеет право на образование, и оно должно быть бесплатным.',
-  'Iedereen heeft recht op onderwijs, en het lager onderwijs moet kosteloos zijn.',
-];
 const BODIES = SENTENCES.map((text) => JSON.stringify({ inputs: [text] }));
-
-const log = (line: string) => process.stderr.write(`${line}\n`);
-
-function positiveInt(name: string, raw: string): number {
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < 1)
-    throw new Error(`--${name} must be a positive integer`);
-  return value;
-}
-
-function median(xs: readonly number[]): number {
-  if (xs.length === 0) return Number.NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-/** Nearest-rank percentile, p in (0, 100]. */
-function percentile(xs: readonly number[], p: number): number {
-  if (xs.length === 0) return Number.NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
-}
-
-const round2 = (x: number) => Number(x.toFixed(2));
 
 // --- HTTP client ---------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import {
 } from './compositions.js';
 import { encodeFloat32 } from './kserve-binary.js';
 import { checkLimits, clientGone, serverTiming } from './native-routes.js';
-import { CompositionCard, Dict, ModelCard, RoutingFields } from './schemas.js';
+import { CompositionCard, ModelCard, RoutingFields } from './schemas.js';
 
 export interface OpenAIRouteOptions {
   readonly inference: Inference;

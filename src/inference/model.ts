@@ -66,6 +66,26 @@ export interface PreparedItem {
  * role of queue mode validates and tokenizes with it and leaves running to the workers (no ORT
  * session, no engine thread in that process); `Model` adds the engine.
  */
+/** What the server tells about the model it serves (GET /v1/models, KServe metadata). */
+export interface ModelDescription {
+  readonly id: string;
+  readonly version: string;
+  readonly description: string;
+  readonly hiddenSize: number;
+  readonly maxLength: number;
+  readonly groups: readonly {
+    id: string;
+    gated: boolean;
+    defaultK: number;
+    adapters: readonly string[];
+  }[];
+  readonly tasks: readonly {
+    id: string;
+    labels: readonly string[];
+    pin: { group: string; adapter: string } | undefined;
+  }[];
+}
+
 export class ModelFrontend {
   protected constructor(
     readonly pack: LoadedPack,
@@ -173,6 +193,23 @@ export class ModelFrontend {
       const encoded = this.tokenizer.encode(text, this.truncation, index);
       return { ids: encoded.ids, routing, truncated: encoded.truncated, tasks };
     });
+  }
+
+  describe(): ModelDescription {
+    return {
+      id: this.name,
+      version: this.pack.manifest.version,
+      description: this.pack.manifest.description ?? '',
+      hiddenSize: this.pack.hiddenSize,
+      maxLength: this.pack.maxLength,
+      groups: this.layout.groups.map((g) => ({
+        id: g.id,
+        gated: g.gated,
+        defaultK: g.defaultK,
+        adapters: g.adapters,
+      })),
+      tasks: this.pack.heads.map((h) => ({ id: h.id, labels: h.labels, pin: h.pin })),
+    };
   }
 
   /**

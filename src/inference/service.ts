@@ -11,9 +11,12 @@ import {
   type InferRequest,
   type InferResult,
   type Model,
+  type ModelDescription,
   type PreparedItem,
   toResult,
 } from './model.js';
+
+export type { ModelDescription } from './model.js';
 
 export interface InferOptions {
   /** Absolute deadline on the performance.now() clock. */
@@ -35,25 +38,6 @@ export interface InferAnswer {
   readonly results: InferResult[];
   readonly inputTokens: number;
   readonly timings: Timings;
-}
-
-export interface ModelDescription {
-  readonly id: string;
-  readonly version: string;
-  readonly description: string;
-  readonly hiddenSize: number;
-  readonly maxLength: number;
-  readonly groups: readonly {
-    id: string;
-    gated: boolean;
-    defaultK: number;
-    adapters: readonly string[];
-  }[];
-  readonly tasks: readonly {
-    id: string;
-    labels: readonly string[];
-    pin: { group: string; adapter: string } | undefined;
-  }[];
 }
 
 export interface Readiness {
@@ -204,21 +188,7 @@ export class EmbeddedInference implements Inference {
   }
 
   describe(): ModelDescription {
-    const { pack, engine } = this.model;
-    return {
-      id: this.model.name,
-      version: pack.manifest.version,
-      description: pack.manifest.description ?? '',
-      hiddenSize: pack.hiddenSize,
-      maxLength: pack.maxLength,
-      groups: engine.layout.groups.map((g) => ({
-        id: g.id,
-        gated: g.gated,
-        defaultK: g.defaultK,
-        adapters: g.adapters,
-      })),
-      tasks: pack.heads.map((h) => ({ id: h.id, labels: h.labels, pin: h.pin })),
-    };
+    return this.model.describe();
   }
 
   adapters(): AdapterInfo[] {

@@ -176,21 +176,7 @@ export class QueueInference implements Inference, JobQueue {
   }
 
   describe(): ModelDescription {
-    const { pack, layout } = this.front;
-    return {
-      id: this.front.name,
-      version: pack.manifest.version,
-      description: pack.manifest.description ?? '',
-      hiddenSize: pack.hiddenSize,
-      maxLength: pack.maxLength,
-      groups: layout.groups.map((g) => ({
-        id: g.id,
-        gated: g.gated,
-        defaultK: g.defaultK,
-        adapters: g.adapters,
-      })),
-      tasks: pack.heads.map((h) => ({ id: h.id, labels: h.labels, pin: h.pin })),
-    };
+    return this.front.describe();
   }
 
   adapters(): AdapterInfo[] {
