@@ -12,9 +12,9 @@ import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
-import { type AppOptions, buildApp } from '../src/app.js';
-import { Model } from '../src/inference/model.js';
-import { EmbeddedInference, type EmbeddedOptions } from '../src/inference/service.js';
+import type { AppOptions } from '../src/app.js';
+import type { Model } from '../src/inference/model.js';
+import type { EmbeddedOptions } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
 import {
   buildFixturePack,
@@ -23,6 +23,7 @@ import {
   writeAdapterFolder,
 } from '../src/pack/fixture.js';
 import { Random } from '../src/util/random.js';
+import { buildTestService, type TestService } from './support/listening-app.js';
 
 // --- helpers ------------------------------------------------------------------------------------
 
@@ -55,16 +56,10 @@ after(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-interface Service {
-  readonly app: FastifyInstance;
-  readonly model: Model;
-  readonly inference: EmbeddedInference;
-  readonly metrics: Metrics;
-  close(): Promise<void>;
-}
+type Service = TestService;
 
 /** The app over a freshly opened model (one engine worker), as main.ts wires it. */
-async function startService(
+function startService(
   options: {
     limits?: Partial<AppOptions['limits']>;
     batching?: Partial<EmbeddedOptions>;
@@ -74,41 +69,15 @@ async function startService(
     allowFaultInjection?: boolean;
   } = {},
 ): Promise<Service> {
-  const model = await Model.open({
+  return buildTestService({
+    ...options,
     packDir,
-    engine: {
-      workers: 1,
-      intraOpThreads: 1,
-      allowFaultInjection: options.allowFaultInjection ?? false,
-    },
-  });
-  const metrics = new Metrics();
-  const inference = new EmbeddedInference(model, metrics, {
-    maxBatchItems: 32,
-    maxBatchTokens: 8192,
-    maxQueueDelayMs: 0,
-    maxQueuedItems: 1024,
-    ...options.batching,
-  });
-  const app = await buildApp({
-    inference,
-    metrics,
     limits: { ...LIMITS, ...options.limits },
-    adminApiKey: options.adminApiKey,
     adapterRoot: options.adapterRoot ?? join(root, 'adapters'),
-    ...(options.logger === undefined ? {} : { logger: options.logger }),
+  }).then(async (service) => {
+    await service.app.ready();
+    return service;
   });
-  await app.ready();
-  return {
-    app,
-    model,
-    inference,
-    metrics,
-    async close() {
-      await app.close();
-      await inference.close();
-    },
-  };
 }
 
 function infer(app: FastifyInstance, body: unknown): Promise<LightMyRequestResponse> {

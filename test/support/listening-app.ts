@@ -17,20 +17,34 @@ export interface ListeningApp {
   close(): Promise<void>;
 }
 
-export interface ListeningAppOptions {
-  readonly packDir: string;
-  readonly adapterRoot: string;
-  readonly adminApiKey?: string;
-  readonly limits?: Partial<AppOptions['limits']>;
-  readonly batching?: Partial<EmbeddedOptions>;
-  /** Called with the app before it listens (to add hooks). */
-  readonly beforeListen?: (app: FastifyInstance) => void;
+/** The app as main.ts wires it, over a freshly opened model; not listening yet. */
+export interface TestService {
+  readonly app: FastifyInstance;
+  readonly model: Model;
+  readonly inference: EmbeddedInference;
+  readonly metrics: Metrics;
+  close(): Promise<void>;
 }
 
-export async function startListeningApp(options: ListeningAppOptions): Promise<ListeningApp> {
+export interface TestServiceOptions {
+  readonly packDir: string;
+  readonly adapterRoot: string;
+  readonly adminApiKey?: string | undefined;
+  readonly limits?: Partial<AppOptions['limits']>;
+  readonly batching?: Partial<EmbeddedOptions>;
+  readonly logger?: AppOptions['logger'];
+  readonly allowFaultInjection?: boolean;
+}
+
+/** One engine worker with one thread, default batching, small request limits. */
+export async function buildTestService(options: TestServiceOptions): Promise<TestService> {
   const model = await Model.open({
     packDir: options.packDir,
-    engine: { workers: 1, intraOpThreads: 1 },
+    engine: {
+      workers: 1,
+      intraOpThreads: 1,
+      allowFaultInjection: options.allowFaultInjection ?? false,
+    },
   });
   const metrics = new Metrics();
   const inference = new EmbeddedInference(model, metrics, {
@@ -52,18 +66,30 @@ export async function startListeningApp(options: ListeningAppOptions): Promise<L
     },
     adminApiKey: options.adminApiKey,
     adapterRoot: options.adapterRoot,
+    ...(options.logger === undefined ? {} : { logger: options.logger }),
   });
-  options.beforeListen?.(app);
-  const url = await app.listen({ host: '127.0.0.1', port: 0 });
   return {
     app,
     model,
-    url,
+    inference,
+    metrics,
     async close() {
       await app.close();
       await inference.close();
     },
   };
+}
+
+export interface ListeningAppOptions extends TestServiceOptions {
+  /** Called with the app before it listens (to add hooks). */
+  readonly beforeListen?: (app: FastifyInstance) => void;
+}
+
+export async function startListeningApp(options: ListeningAppOptions): Promise<ListeningApp> {
+  const service = await buildTestService(options);
+  options.beforeListen?.(service.app);
+  const url = await service.app.listen({ host: '127.0.0.1', port: 0 });
+  return { app: service.app, model: service.model, url, close: () => service.close() };
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
