@@ -5,6 +5,7 @@
  * (a test keeps them in step).
  */
 import { availableParallelism } from 'node:os';
+import type { ModelOptions } from './inference/model.js';
 
 type Parser<T> = (raw: string) => T;
 
@@ -270,4 +271,19 @@ export function loadConfig(
     throw new Error(`invalid configuration:\n  ${problems.join('\n  ')}`);
   }
   return Object.freeze(config) as Config;
+}
+
+/** The model and engine settings both roles (API in embedded mode, queue worker) run with. */
+export function modelOptions(config: Config, packDir: string): ModelOptions {
+  return {
+    packDir,
+    truncation: config.TRUNCATION,
+    engine: {
+      workers: config.ENGINE_WORKERS,
+      ...(config.ENGINE_THREADS === undefined ? {} : { intraOpThreads: config.ENGINE_THREADS }),
+      executionProvider: config.EXECUTION_PROVIDER,
+      deviceId: config.EXECUTION_DEVICE_ID,
+      allowProviderFallback: config.PROVIDER_FALLBACK,
+    },
+  };
 }

@@ -4,7 +4,8 @@
  * workers by message, exit 0).
  */
 import { buildApp } from './app.js';
-import { type Config, loadConfig } from './config.js';
+import { type Config, loadConfig, modelOptions } from './config.js';
+import { fallbackWarning } from './engine/engine.js';
 import { Model, ModelFrontend } from './inference/model.js';
 import { EmbeddedInference, type Inference, type JobQueue } from './inference/service.js';
 import { Metrics } from './metrics.js';
@@ -42,7 +43,8 @@ async function main(): Promise<void> {
   });
 
   const provider = model instanceof Model ? model.engine.providerStatus : undefined;
-  if (provider?.fallbackReason !== undefined) {
+  const warning = provider === undefined ? undefined : fallbackWarning(provider);
+  if (provider !== undefined && warning !== undefined) {
     // Once per process: every engine worker fell back for the same reason.
     app.log.warn(
       {
@@ -50,7 +52,7 @@ async function main(): Promise<void> {
         requested: provider.requested,
         reason: provider.fallbackReason,
       },
-      `execution provider ${provider.requested} could not start; running on ${provider.provider} (PROVIDER_FALLBACK=true)`,
+      warning,
     );
   }
 
@@ -104,17 +106,7 @@ interface Served {
 
 /** Embedded mode: pack, tokenizer, batcher and engine in this process. */
 async function openEmbedded(config: Config, packDir: string, metrics: Metrics): Promise<Served> {
-  const model = await Model.open({
-    packDir,
-    truncation: config.TRUNCATION,
-    engine: {
-      workers: config.ENGINE_WORKERS,
-      ...(config.ENGINE_THREADS === undefined ? {} : { intraOpThreads: config.ENGINE_THREADS }),
-      executionProvider: config.EXECUTION_PROVIDER,
-      deviceId: config.EXECUTION_DEVICE_ID,
-      allowProviderFallback: config.PROVIDER_FALLBACK,
-    },
-  });
+  const model = await Model.open(modelOptions(config, packDir));
   const inference = new EmbeddedInference(model, metrics, {
     maxBatchItems: config.MAX_BATCH_ITEMS,
     maxBatchTokens: config.MAX_BATCH_TOKENS,

@@ -10,7 +10,8 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { loadConfig } from './config.js';
+import { loadConfig, modelOptions } from './config.js';
+import { fallbackWarning } from './engine/engine.js';
 import { readinessBody } from './http/ops-routes.js';
 import { Model } from './inference/model.js';
 import { EmbeddedInference } from './inference/service.js';
@@ -27,28 +28,15 @@ async function main(): Promise<void> {
     config.MODEL_DIR === DEFAULT_PACK_DIR ? undefined : config.MODEL_DIR,
     (line) => log('info', line),
   );
-  const model = await Model.open({
-    packDir,
-    truncation: config.TRUNCATION,
-    engine: {
-      workers: config.ENGINE_WORKERS,
-      ...(config.ENGINE_THREADS === undefined ? {} : { intraOpThreads: config.ENGINE_THREADS }),
-      executionProvider: config.EXECUTION_PROVIDER,
-      deviceId: config.EXECUTION_DEVICE_ID,
-      allowProviderFallback: config.PROVIDER_FALLBACK,
-    },
-  });
+  const model = await Model.open(modelOptions(config, packDir));
   const provider = model.engine.providerStatus;
-  if (provider.fallbackReason !== undefined) {
-    log(
-      'warn',
-      `execution provider ${provider.requested} could not start; running on ${provider.provider} (PROVIDER_FALLBACK=true)`,
-      {
-        provider: provider.provider,
-        requested: provider.requested,
-        reason: provider.fallbackReason,
-      },
-    );
+  const warning = fallbackWarning(provider);
+  if (warning !== undefined) {
+    log('warn', warning, {
+      provider: provider.provider,
+      requested: provider.requested,
+      reason: provider.fallbackReason,
+    });
   }
   const metrics = new Metrics();
   const service = new EmbeddedInference(model, metrics, {

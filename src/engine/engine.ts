@@ -89,6 +89,12 @@ export interface ProviderStatus {
   readonly fallbackReason: string | undefined;
 }
 
+/** The one warning line a process logs when its engine fell back from the requested provider. */
+export function fallbackWarning(status: ProviderStatus): string | undefined {
+  if (status.fallbackReason === undefined) return undefined;
+  return `execution provider ${status.requested} could not start; running on ${status.provider} (PROVIDER_FALLBACK=true)`;
+}
+
 export interface EngineEvents {
   'worker-restart': [{ worker: number; reason: string }];
   'worker-ready': [{ worker: number; provider: ExecutionProvider }];

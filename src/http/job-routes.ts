@@ -14,7 +14,7 @@ import type { JobQueue, JobStatus } from '../inference/service.js';
 import {
   checkLimits,
   inferResponseBody,
-  type NativeRouteOptions,
+  type RouteLimits,
   toInferRequest,
 } from './native-routes.js';
 import { ErrorBody, InferBody, InferResponse } from './schemas.js';
@@ -22,7 +22,7 @@ import { ErrorBody, InferBody, InferResponse } from './schemas.js';
 export interface JobRouteOptions {
   /** Undefined in embedded mode. */
   readonly jobs: JobQueue | undefined;
-  readonly limits: NativeRouteOptions['limits'];
+  readonly limits: RouteLimits;
 }
 
 const JobState = Type.Union(

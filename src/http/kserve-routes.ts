@@ -39,16 +39,18 @@ import {
   joinBody,
   splitBody,
 } from './kserve-binary.js';
-import { checkLimits, clientGone, insideRoot, serverTiming } from './native-routes.js';
+import {
+  checkLimits,
+  clientGone,
+  insideRoot,
+  type RouteLimits,
+  serverTiming,
+} from './native-routes.js';
 import { Dict } from './schemas.js';
 
 export interface KServeRouteOptions {
   readonly inference: Inference;
-  readonly limits: {
-    readonly maxInputs: number;
-    readonly maxInputChars: number;
-    readonly requestTimeoutMs: number;
-  };
+  readonly limits: RouteLimits;
   readonly adminApiKey: string | undefined;
   readonly adapterRoot: string;
   /** Server version for GET /v2. */

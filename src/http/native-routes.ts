@@ -24,13 +24,16 @@ import {
   ModelList,
 } from './schemas.js';
 
+/** Request limits every route family checks (from config). */
+export interface RouteLimits {
+  readonly maxInputs: number;
+  readonly maxInputChars: number;
+  readonly requestTimeoutMs: number;
+}
+
 export interface NativeRouteOptions {
   readonly inference: Inference;
-  readonly limits: {
-    readonly maxInputs: number;
-    readonly maxInputChars: number;
-    readonly requestTimeoutMs: number;
-  };
+  readonly limits: RouteLimits;
   readonly adminApiKey: string | undefined;
   readonly adapterRoot: string;
   /** Unix seconds when the model was loaded (the OpenAI-style `created`). */

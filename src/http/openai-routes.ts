@@ -25,16 +25,12 @@ import {
   resolveComposition,
 } from './compositions.js';
 import { encodeFloat32 } from './kserve-binary.js';
-import { checkLimits, clientGone, serverTiming } from './native-routes.js';
+import { checkLimits, clientGone, type RouteLimits, serverTiming } from './native-routes.js';
 import { CompositionCard, ModelCard, RoutingFields } from './schemas.js';
 
 export interface OpenAIRouteOptions {
   readonly inference: Inference;
-  readonly limits: {
-    readonly maxInputs: number;
-    readonly maxInputChars: number;
-    readonly requestTimeoutMs: number;
-  };
+  readonly limits: RouteLimits;
   /** Unix seconds when the model was loaded (the `created` of the model cards). */
   readonly createdAt: number;
 }
