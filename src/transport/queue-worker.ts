@@ -105,13 +105,7 @@ export class QueueWorker {
   readiness(): Readiness {
     const engine = this.service.readiness();
     const checks = { ...engine.checks, redis: isUp(this.redis), not_draining: !this.closing };
-    return {
-      ready: Object.values(checks).every(Boolean),
-      checks,
-      executionProvider: engine.executionProvider,
-      executionProviderRequested: engine.executionProviderRequested,
-      providerFallbackReason: engine.providerFallbackReason,
-    };
+    return { ...engine, ready: Object.values(checks).every(Boolean), checks };
   }
 
   /** Stop taking jobs, finish those held, stop the engine. Idempotent. */
