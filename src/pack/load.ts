@@ -21,7 +21,10 @@ import {
   validateManifest,
 } from './manifest.js';
 import { readSafetensors, type SafeTensor } from './safetensors.js';
-import type { BottleneckAdapter, Gate, Head } from './types.js';
+import type { BottleneckAdapter, Gate, GroupStructure, Head } from './types.js';
+
+/** Default slots per group: twice its pack adapters, and at least this many (room to load more). */
+const MIN_DEFAULT_SLOTS = 16;
 
 export interface HeadPin {
   readonly group: string;
@@ -36,6 +39,12 @@ export interface PackHead extends Head {
 export interface LoadedGroup {
   readonly id: string;
   readonly defaultK: number;
+  /** Default top-p of the gate (1: always k). */
+  readonly defaultTopP: number;
+  /** Where its adapters sit and what one slot holds. */
+  readonly structure: GroupStructure;
+  /** Slots the engine keeps for the group. */
+  readonly slots: number;
   /** null: routed by the request only. Gate column j scores the adapter named gate.experts[j]. */
   readonly gate: Gate | null;
   /** In manifest order (the bank order). */
@@ -157,9 +166,32 @@ export async function loadPack(dir: string): Promise<LoadedPack> {
       group.gate === null
         ? null
         : await loadGate(dir, group.gate, adapterIds, hiddenSize, m, `${at}/gate`);
+    const packRank = Math.max(...adapters.map((adapter) => adapter.rank));
+    const rank = group.rank ?? packRank;
+    if (rank < packRank) {
+      throw new PackError(
+        'PACK_INVALID_MANIFEST',
+        m,
+        `${at}/rank`,
+        `rank ${rank} is below the rank ${packRank} of the group's own adapters; raise it or leave it out`,
+      );
+    }
+    const slots = group.slots ?? Math.max(MIN_DEFAULT_SLOTS, 2 * adapters.length);
+    const gateExperts = group.gate === null ? 0 : adapters.length;
+    if (slots < gateExperts) {
+      throw new PackError(
+        'PACK_INVALID_MANIFEST',
+        m,
+        `${at}/slots`,
+        `${slots} slots cannot hold the ${gateExperts} adapters the gate chooses among; give the group at least ${gateExperts}`,
+      );
+    }
     groups.push({
       id: group.id,
       defaultK: group.default_k,
+      defaultTopP: group.default_top_p ?? 1,
+      structure: { kind: 'top', rank, activation: adapters[0]!.activation },
+      slots,
       gate,
       adapters,
       ...(group.default_adapter === undefined ? {} : { defaultAdapter: group.default_adapter }),

@@ -125,6 +125,29 @@ export const GroupSchema = Type.Object(
         'Only for a group without a gate: the adapter used when a request pins none of its adapters; without it, such requests must pin one.',
       ),
     ),
+    default_top_p: Type.Optional(
+      Type.Number({
+        exclusiveMinimum: 0,
+        maximum: 1,
+        description:
+          'Top-p of the gate when a request does not say: per input, the fewest adapters (at most k) whose gate probabilities reach p. Default 1: always k.',
+      }),
+    ),
+    slots: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: 4096,
+        description:
+          "Adapters the group holds ready in the engine at once (its slot banks). Every adapter the gate can choose needs a slot; others are written into one when a request names them, evicting the least recently used. Default: twice the pack's adapters of the group, at least 16.",
+      }),
+    ),
+    rank: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        description:
+          "Largest adapter rank (bottleneck width) a slot holds; adapters loaded later must fit it. Default: the largest rank among the pack's adapters of the group.",
+      }),
+    ),
     metadata: Type.Optional(Metadata),
   },
   {

@@ -4,6 +4,9 @@
  * width a to width b is stored [a,b] and applied as x @ W (not PyTorch's [out,in]).
  */
 
+import type { LinearModule } from './encoder-types.js';
+import type { BottleneckPlacement } from './layer-adapter-types.js';
+
 export type Activation = 'relu' | 'gelu' | 'tanh' | 'identity';
 
 /** A float32 tensor with its shape, row-major. */
@@ -75,4 +78,35 @@ export interface MixtureSpec {
   readonly hiddenSize: number;
   readonly groups: readonly MixtureGroup[];
   readonly heads: readonly Head[];
+}
+
+/**
+ * Where a group's adapters sit and the shape of one slot, fixed by the pack (so the graph is built
+ * once): every adapter loaded into the group must fit it.
+ * - 'top': bottleneck adapters on the backbone's last hidden state (BottleneckAdapter), bottleneck
+ *   width up to `rank`, all with the group's activation.
+ * - 'lora': LoRA on `modules` of `layers`, rank up to `rank` (LoraAdapter).
+ * - 'bottleneck-layers': AdapterHub bottleneck adapters in `layers`, width up to `size`, all with
+ *   the group's placement (BottleneckLayerAdapter).
+ */
+export type GroupStructure =
+  | { readonly kind: 'top'; readonly rank: number; readonly activation: Activation }
+  | {
+      readonly kind: 'lora';
+      readonly rank: number;
+      readonly modules: readonly LinearModule[];
+      readonly layers: readonly number[];
+    }
+  | {
+      readonly kind: 'bottleneck-layers';
+      readonly size: number;
+      readonly placement: BottleneckPlacement;
+      readonly layers: readonly number[];
+    };
+
+/** How token states become one vector per input (sentence-transformers' Pooling modes). */
+export interface Pooling {
+  readonly mode: 'mean' | 'cls' | 'max';
+  /** L2-normalise the embedding output (sentence-transformers' Normalize module). */
+  readonly normalize: boolean;
 }
