@@ -307,7 +307,11 @@ export class Engine extends EventEmitter<EngineEvents> {
     return this.serialise(async () => {
       const table = this.tables[group]!;
       const sticky = gateColumn !== undefined;
-      const found = table.findSlot(new Set([id]));
+      // A replacement overwrites its own slot: batches routed to the old weights are ahead of the
+      // write in every worker's queue, and batches dispatched after it read the new ones.
+      const current = table.slotOf(id);
+      const found =
+        current === undefined ? table.findSlot(new Set()) : { slot: current, evicted: undefined };
       if (found === undefined) {
         if (sticky) {
           throw new MoeError(
@@ -316,24 +320,28 @@ export class Engine extends EventEmitter<EngineEvents> {
             { group: this.graph.groups[group]!.id, slots: table.size },
           );
         }
-        // Not resident now; written into a slot when a batch needs it.
-        const old = table.remove(id);
+        // No slot now: it waits in the host cache and is written into one when a batch needs it.
         this.cache.set(id, { group, adapter, gateColumn });
-        if (old !== undefined) this.postWrite(group, old, undefined, undefined);
         return;
       }
-      table.reserve(found.slot);
+      if (found.evicted !== undefined) table.remove(found.evicted);
+      const previous = this.cache.get(id);
+      table.assign(found.slot, id, sticky);
+      this.cache.set(id, { group, adapter, gateColumn });
       try {
         await this.writeEverywhere(group, found.slot, adapter, gateColumn);
       } catch (error) {
-        table.release(found.slot);
+        // Put back what was there: the previous version of this id, or nothing.
+        if (previous === undefined) {
+          this.cache.delete(id);
+          table.remove(id);
+          this.postWrite(group, found.slot, undefined, undefined);
+        } else {
+          this.cache.set(id, previous);
+          this.postWrite(group, found.slot, previous.adapter, previous.gateColumn);
+        }
         throw error;
       }
-      const old = table.slotOf(id);
-      this.cache.set(id, { group, adapter, gateColumn });
-      table.assign(found.slot, id, sticky);
-      // The previous version's slot, if any: batches routed to it are ahead of this clear.
-      if (old !== undefined && old !== found.slot) this.postWrite(group, old, undefined, undefined);
     });
   }
 

@@ -36,14 +36,14 @@ export class SlotTable {
 
   /** The ids in slot order (undefined for empty slots): a snapshot for decoding a batch. */
   snapshot(): (string | undefined)[] {
-    return this.entries.map((entry) => (entry?.id === '' ? undefined : entry?.id));
+    return this.entries.map((entry) => entry?.id);
   }
 
-  /** Occupied slots (reserved ones left out), for gate routing. */
+  /** Occupied slots, for gate routing. */
   occupied(): { slot: number; id: string }[] {
     const out: { slot: number; id: string }[] = [];
     this.entries.forEach((entry, slot) => {
-      if (entry !== undefined && entry.id !== '') out.push({ slot, id: entry.id });
+      if (entry !== undefined) out.push({ slot, id: entry.id });
     });
     return out;
   }
@@ -75,22 +75,6 @@ export class SlotTable {
       if (victim === undefined || entry.lastUsed < this.entries[victim]!.lastUsed) victim = slot;
     }
     return victim === undefined ? undefined : { slot: victim, evicted: this.entries[victim]!.id };
-  }
-
-  /**
-   * Hold `slot` while a replacement is written into it: no dispatch routes to it or evicts it
-   * until `assign` gives it its adapter (or `release` gives it back).
-   */
-  reserve(slot: number): void {
-    const previous = this.entries[slot];
-    if (previous !== undefined && this.byId.get(previous.id) === slot)
-      this.byId.delete(previous.id);
-    this.entries[slot] = { id: '', sticky: true, lastUsed: ++this.clock };
-  }
-
-  /** Give back a reserved slot. */
-  release(slot: number): void {
-    if (this.entries[slot]?.id === '') this.entries[slot] = undefined;
   }
 
   /** Put `id` into `slot` (replacing any occupant's mapping; `id` leaves its old slot, if any). */

@@ -50,6 +50,8 @@ export interface FixturePackOptions {
   activation?: Activation;
   /** default_k of the language group (default 1). */
   languageDefaultK?: number;
+  /** Slots of the language group (default: the pack's default). */
+  languageSlots?: number;
 }
 
 /** Ids of the language adapters, in order; more than these are named lang8, lang9, ... */
@@ -213,6 +215,9 @@ export async function buildFixturePack(
       adapters,
       gate,
       ...(gate === null ? { default_adapter: spec.ids[0]! } : {}),
+      ...(spec.id === 'language' && options.languageSlots !== undefined
+        ? { slots: options.languageSlots }
+        : {}),
     });
   }
 
