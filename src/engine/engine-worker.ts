@@ -16,6 +16,7 @@ import {
   groupWeightsName,
   headScoresName,
   MIXTURE_INPUT_HIDDEN,
+  MIXTURE_INPUT_IDS,
   MIXTURE_INPUT_MASK,
   MIXTURE_OUTPUT_EMBEDDING,
 } from '../onnx/mixture-contract.js';
@@ -34,6 +35,8 @@ interface MixtureSession {
   readonly session: ort.InferenceSession;
   readonly groupCount: number;
   readonly headCount: number;
+  /** The graph reads the token ids too (a group has a token_bag gate). */
+  readonly takesIds: boolean;
 }
 
 const port = parentPort;
@@ -76,6 +79,7 @@ async function loadMixture(graph: MixtureGraph): Promise<void> {
     session,
     groupCount: graph.groupCount,
     headCount: graph.headCount,
+    takesIds: session.inputNames.includes(MIXTURE_INPUT_IDS),
   });
 }
 
@@ -160,11 +164,9 @@ async function run(request: RunRequest): Promise<void> {
     return;
   }
   const dims = [request.batchSize, request.sequenceLength];
+  const ids = new ort.Tensor('int64', request.inputIds, dims);
   const mask = new ort.Tensor('int64', request.attentionMask, dims);
-  const backboneFeeds: Record<string, ort.Tensor> = {
-    input_ids: new ort.Tensor('int64', request.inputIds, dims),
-    attention_mask: mask,
-  };
+  const backboneFeeds: Record<string, ort.Tensor> = { input_ids: ids, attention_mask: mask };
   if (feedsTokenTypes) {
     backboneFeeds.token_type_ids = new ort.Tensor(
       'int64',
@@ -180,6 +182,7 @@ async function run(request: RunRequest): Promise<void> {
     [MIXTURE_INPUT_HIDDEN]: hidden,
     [MIXTURE_INPUT_MASK]: mask,
   };
+  if (mixture.takesIds) feeds[MIXTURE_INPUT_IDS] = ids;
   request.groups.forEach((group, i) => {
     const experts = group.bias.length / request.batchSize;
     feeds[groupBiasName(i)] = new ort.Tensor('float32', group.bias, [request.batchSize, experts]);

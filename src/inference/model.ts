@@ -10,7 +10,7 @@ import { Engine, type EngineOptions } from '../engine/engine.js';
 import { type ItemRouting, routeItem } from '../engine/routing.js';
 import { MoeError } from '../errors.js';
 import type { MixtureLayout } from '../onnx/mixture-contract.js';
-import { type LoadedPack, loadPack } from '../pack/load.js';
+import { checkTokenizerFitsGates, type LoadedPack, loadPack } from '../pack/load.js';
 import { AdapterRegistry } from '../pack/registry.js';
 import { TextTokenizer, type TruncationPolicy } from './tokenizer.js';
 
@@ -98,8 +98,7 @@ export class ModelFrontend {
 
   /** Open the pack and its tokenizer only: no engine workers, no ORT sessions. */
   static async open(options: Pick<ModelOptions, 'packDir' | 'truncation'>): Promise<ModelFrontend> {
-    const pack = await loadPack(options.packDir);
-    const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
+    const { pack, tokenizer } = await openPackAndTokenizer(options.packDir);
     const registry = new AdapterRegistry(pack);
     const { layout } = registry.compileCurrent();
     return new ModelFrontend(pack, tokenizer, registry, options.truncation ?? 'truncate', layout);
@@ -241,8 +240,7 @@ export class Model extends ModelFrontend {
   }
 
   static override async open(options: ModelOptions): Promise<Model> {
-    const pack = await loadPack(options.packDir);
-    const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
+    const { pack, tokenizer } = await openPackAndTokenizer(options.packDir);
     const registry = new AdapterRegistry(pack);
     const first = registry.compileCurrent();
     const engine = await Engine.start(
@@ -276,6 +274,16 @@ export class Model extends ModelFrontend {
   close(): Promise<void> {
     return this.engine.close();
   }
+}
+
+/** The pack and its tokenizer, with the checks that need both (token_bag gates cover the ids). */
+async function openPackAndTokenizer(
+  packDir: string,
+): Promise<{ pack: LoadedPack; tokenizer: TextTokenizer }> {
+  const pack = await loadPack(packDir);
+  const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
+  checkTokenizerFitsGates(pack, tokenizer.vocabSize);
+  return { pack, tokenizer };
 }
 
 /** Keep the requested tasks' outputs and attach the token accounting. */

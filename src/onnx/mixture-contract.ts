@@ -5,6 +5,8 @@
  * Inputs
  *   hidden            float32 [B,T,d]   backbone last_hidden_state
  *   attention_mask    int64   [B,T]     1 for real tokens, 0 for padding
+ *   input_ids         int64   [B,T]     the backbone's token ids; only in graphs where some group
+ *                                        has a token_bag gate (src/onnx/token-bag.ts)
  *   g{i}_bias         float32 [B,E_i]   added to the gate logits: ROUTE_BLOCKED (exclude, not
  *                                        reachable), ROUTE_PINNED (pin), else 0
  *   g{i}_k            int64   [B]       experts mixed for each item, 1 <= k <= kmax
@@ -15,12 +17,14 @@
  *   embedding         float32 [B,d]     mean-pooled (masked) final hidden, L2-normalised
  *   h{j}_scores       float32 [B,L_j]   softmax of head j's logits over the mean-pooled final hidden
  *
- * Per group, in order:  pooled = masked_mean(hidden); logits = gate(pooled) + bias;
+ * Per group, in order:  pooled = masked_mean(hidden); logits = gate(pooled) + bias (a token_bag
+ *   gate reads input_ids and attention_mask instead of pooled);
  *   top-k; weights = softmax(selected logits, first k); hidden = sum_k w_k * (adapter_k(hidden)
  *   + residual_k * hidden).
  */
 export const MIXTURE_INPUT_HIDDEN = 'hidden';
 export const MIXTURE_INPUT_MASK = 'attention_mask';
+export const MIXTURE_INPUT_IDS = 'input_ids';
 export const MIXTURE_OUTPUT_EMBEDDING = 'embedding';
 export const groupBiasName = (i: number) => `g${i}_bias`;
 export const groupKName = (i: number) => `g${i}_k`;

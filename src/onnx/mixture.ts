@@ -39,9 +39,11 @@ import {
   groupWeightsName,
   headScoresName,
   MIXTURE_INPUT_HIDDEN,
+  MIXTURE_INPUT_IDS,
   MIXTURE_INPUT_MASK,
   MIXTURE_OUTPUT_EMBEDDING,
 } from './mixture-contract.js';
+import { tokenBagLogits } from './token-bag.js';
 
 export interface CompileMixtureOptions {
   /** ONNX opset; default 20 (see graph.ts). Needs >= 13. */
@@ -158,6 +160,7 @@ function toBankColumns(
 function checkGate(gate: Gate, group: MixtureGroup, d: number): void {
   const what = `gate of group "${group.id}"`;
   const Eg = gate.experts.length;
+  if (gate.type === 'token_bag') return; // checked by tokenBagLogits
   if (gate.type === 'linear') {
     sameShape(gate.weight, [d, Eg], `${what}: weight`);
     sameShape(gate.bias, [Eg], `${what}: bias`);
@@ -194,6 +197,10 @@ export function compileMixture(spec: MixtureSpec, options: CompileMixtureOptions
 
   const hiddenIn = g.input(MIXTURE_INPUT_HIDDEN, 'float32', ['batch', 'sequence', d]);
   const maskIn = g.input(MIXTURE_INPUT_MASK, 'int64', ['batch', 'sequence']);
+  // Token ids only when a gate reads them (token_bag); other graphs keep their two inputs.
+  const idsIn = spec.groups.some((group) => group.gate?.type === 'token_bag')
+    ? g.input(MIXTURE_INPUT_IDS, 'int64', ['batch', 'sequence'])
+    : undefined;
 
   // Masked mean pooling as one batched MatMul: pool(h) = poolRow [B,1,T] @ h [B,T,d], where
   // poolRow = mask / max(sum(mask), 1). Items without real tokens pool to 0.
@@ -233,7 +240,14 @@ export function compileMixture(spec: MixtureSpec, options: CompileMixtureOptions
       const gate = group.gate;
       checkGate(gate, group, d);
       let logits: string;
-      if (gate.type === 'linear') {
+      if (gate.type === 'token_bag') {
+        logits = tokenBagLogits(
+          g,
+          gate,
+          { inputIds: idsIn!, attentionMask: maskIn },
+          { prefix: `${p}.gate`, columns: ids },
+        ); // [B,E], from the token ids alone
+      } else if (gate.type === 'linear') {
         const lw = toBankColumns(gate.weight, gate.bias, gate.experts, ids);
         logits = g.op(
           'Gemm',
