@@ -10,6 +10,7 @@ import {
   groupWeightsName,
   headScoresName,
   MIXTURE_INPUT_HIDDEN,
+  MIXTURE_INPUT_IDS,
   MIXTURE_INPUT_MASK,
   MIXTURE_OUTPUT_EMBEDDING,
   ROUTE_BLOCKED,
@@ -166,6 +167,12 @@ function feeds(inputs: MixtureInputs): Record<string, ort.Tensor> {
       seq,
     ]),
   };
+  if (inputs.ids !== undefined) {
+    f[MIXTURE_INPUT_IDS] = new ort.Tensor('int64', BigInt64Array.from(inputs.ids, BigInt), [
+      batch,
+      seq,
+    ]);
+  }
   inputs.groups.forEach((g, i) => {
     f[groupBiasName(i)] = new ort.Tensor('float32', g.bias, [batch, g.bias.length / batch]);
     f[groupKName(i)] = new ort.Tensor('int64', BigInt64Array.from(g.k, BigInt), [batch]);
@@ -288,6 +295,35 @@ describe('compileMixture', () => {
       const r = [routing[0]!];
       await check(spec, makeInputs(seed, spec, r, 9), r);
     }
+  });
+
+  test('matches the reference with a token_bag gate (input_ids), pins and excludes', async () => {
+    const rng = new Random(12);
+    const vocab = 40;
+    const buckets = 17;
+    const w = 6;
+    const language = languageGroup(rng);
+    // Column order differs from the bank; 'l3' is unknown to the gate, 'ghost' not in the bank.
+    const experts = ['l1', 'ghost', 'l0', 'l2'];
+    const gate: Gate = {
+      type: 'token_bag',
+      experts,
+      buckets,
+      embedding: weight(rng, [vocab + buckets, w], 1),
+      outWeight: weight(rng, [w, experts.length], 1),
+      outBias: weight(rng, [experts.length], 0.3),
+    };
+    const spec: MixtureSpec = {
+      hiddenSize: D,
+      groups: [{ ...language, gate }, taskGroup(rng, true)],
+      heads: [head(rng, 'topic', 4)],
+    };
+    const inputs = makeInputs(13, spec, routing, 6);
+    const ids = Array.from({ length: inputs.batch * inputs.seq }, () => rng.int(vocab));
+    await check(spec, { ...inputs, ids }, routing);
+    const session = await ort.InferenceSession.create(compileMixture(spec));
+    assert.ok(session.inputNames.includes(MIXTURE_INPUT_IDS));
+    await session.release();
   });
 
   test('an item without real tokens pools to zero and stays finite', async () => {

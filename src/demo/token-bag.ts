@@ -22,9 +22,10 @@
  * Everything is float64 and deterministic (same examples, options and seed: same weights); the
  * exported gate is rounded to float32, and `tokenBagGateLogits` evaluates that exported form.
  */
+
+import { tokenBagFeatures, tokenBagVocabRows } from '../onnx/token-bag.js';
 import type { TokenBagGate } from '../pack/types.js';
 import { Random } from '../util/random.js';
-import { tokenBagFeatures, tokenBagVocabRows } from '../onnx/token-bag.js';
 import { softmaxInPlace } from './kernels.js';
 
 /** Hidden-layer non-linearities the trainer has derivatives for. */
@@ -258,7 +259,8 @@ function sgdStep(
   const step = lr / Math.max(features.length, 1);
   for (const f of features) {
     const o = f * w;
-    for (let j = 0; j < w; j++) model.embedding[o + j] = model.embedding[o + j]! - step * s.dPooled[j]!;
+    for (let j = 0; j < w; j++)
+      model.embedding[o + j] = model.embedding[o + j]! - step * s.dPooled[j]!;
   }
   const update = (p: Float64Array, d: Float64Array) => {
     for (let i = 0; i < p.length; i++) p[i] = p[i]! - lr * d[i]!;
@@ -309,7 +311,8 @@ export function trainTokenBag(
 /** The pack's form of a trained model: float32 tensors, columns named by `experts`. */
 export function exportTokenBag(model: TokenBagModel, experts: readonly string[]): TokenBagGate {
   const { width: w, buckets, classes: C, hidden } = model.shape;
-  if (experts.length !== C) throw new Error(`token bag: ${experts.length} experts for ${C} classes`);
+  if (experts.length !== C)
+    throw new Error(`token bag: ${experts.length} experts for ${C} classes`);
   const f32 = (x: Float64Array) => Float32Array.from(x);
   return {
     type: 'token_bag',

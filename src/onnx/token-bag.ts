@@ -70,7 +70,8 @@ export function tokenBagFeatures(
   if (buckets > 0) {
     // a * M + b < 2^53 for ids < 2^33: exact in float64.
     for (let t = 1; t < n; t++) {
-      out[n + t - 1] = vocabRows + ((ids[t - 1]! * TOKEN_BAG_BIGRAM_MULTIPLIER + ids[t]!) % buckets);
+      out[n + t - 1] =
+        vocabRows + ((ids[t - 1]! * TOKEN_BAG_BIGRAM_MULTIPLIER + ids[t]!) % buckets);
     }
   }
   return out;
