@@ -29,6 +29,7 @@ import {
   groupKName,
   headScoresName,
   MIXTURE_INPUT_HIDDEN,
+  MIXTURE_INPUT_IDS,
   MIXTURE_INPUT_MASK,
   ROUTE_PINNED,
 } from '../src/onnx/mixture-contract.js';
@@ -80,6 +81,13 @@ async function serve(pack: LoadedPack, texts: readonly string[]): Promise<Served
           [groupKName(1)]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
           [groupKmaxName(1)]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
         };
+        if (session.inputNames.includes(MIXTURE_INPUT_IDS)) {
+          // A token_bag gate reads the token ids.
+          feeds[MIXTURE_INPUT_IDS] = new ort.Tensor('int64', BigInt64Array.from(ids[i]!, BigInt), [
+            1,
+            T,
+          ]);
+        }
         const out = await session.run(feeds);
         if (j === 0) {
           const expert = Number((out[groupExpertsName(0)]!.data as BigInt64Array)[0]);
@@ -146,7 +154,7 @@ describe('demo pack (small build)', () => {
     const [language, task] = pack.groups;
     assert.equal(language!.id, 'language');
     assert.equal(language!.adapters.length, SMALL_CONFIG.languages.length);
-    assert.equal(language!.gate?.type, 'linear');
+    assert.equal(language!.gate?.type, report.gate_selection.chosen);
     assert.equal(task!.id, 'task');
     assert.equal(task!.gate, null);
     assert.deepEqual(

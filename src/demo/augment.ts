@@ -15,12 +15,6 @@ export interface DropoutOptions {
   readonly splitProbability: number;
   /** Probability that a single Han character becomes [UNK]. */
   readonly unknownProbability: number;
-  /**
-   * Probability that any other word becomes [UNK], as BERT's WordPiece does with a word that holds
-   * a character the vocabulary lacks (common in kana runs: a new Japanese sentence is often half
-   * [UNK]). Absent or 0: never, and no random number is drawn for it.
-   */
-  readonly unknownWordProbability?: number;
   readonly lowercase: boolean;
   /** Most tokens, [CLS] and [SEP] included. */
   readonly maxLength: number;
@@ -89,12 +83,8 @@ export class WordPieceDropout {
       const start = rng.int(words.length - length + 1);
       words = words.slice(start, start + length);
     }
-    const unknownWord = options.unknownWordProbability ?? 0;
     for (const word of words) {
-      const han = HAN.test(word);
-      if (rng !== undefined && han && rng.next() < options.unknownProbability) {
-        ids.push(this.unk);
-      } else if (rng !== undefined && !han && unknownWord > 0 && rng.next() < unknownWord) {
+      if (rng !== undefined && HAN.test(word) && rng.next() < options.unknownProbability) {
         ids.push(this.unk);
       } else if (rng !== undefined && rng.next() < options.splitProbability) {
         ids.push(...this.encodeWord(word, 1 + rng.int(4)));

