@@ -3,7 +3,7 @@
  * file and the group's manifest entry:
  *
  *   node dist/src/tools/fit-gate.js --pack DIR --group ID --data DIR [--out FILE] [--width 32]
- *     [--buckets 0] [--epochs 5] [--lr 0.5] [--copies 4] [--heldout 0.1] [--seed 1]
+ *     [--buckets 0] [--epochs N] [--lr 0.5] [--copies 4] [--heldout 0.1] [--seed 1]
  *
  * `--data` holds one folder per adapter of the group, named by the adapter id, with .txt files of
  * one example per line (blank lines skipped); every adapter of the group needs examples. Each line
@@ -40,6 +40,7 @@ export interface FitGateOptions {
   readonly out?: string;
   readonly width?: number;
   readonly buckets?: number;
+  /** Default: enough for about 50,000 SGD steps, 5 to 100. */
   readonly epochs?: number;
   readonly lr?: number;
   /** Extra copies of each training line cut to 2-8 words. */
@@ -57,6 +58,7 @@ export interface FitGateResult {
   readonly examples: Readonly<Record<string, { train: number; heldout: number }>>;
   /** Top-1 on the held-out lines (null when none are held out). */
   readonly heldoutAccuracy: number | null;
+  /** Top-1 on the training lines (without their cut copies). */
   readonly trainAccuracy: number;
   readonly trainingLoss: number;
   readonly settings: Readonly<Record<string, number>>;
@@ -97,7 +99,7 @@ export async function fitTokenBagGate(options: FitGateOptions): Promise<FitGateR
   const settings = {
     width: options.width ?? 32,
     buckets: options.buckets ?? 0,
-    epochs: options.epochs ?? 5,
+    epochs: options.epochs ?? 0, // 0: chosen from the data below
     lr: options.lr ?? 0.5,
     copies: options.copies ?? 4,
     heldout: options.heldout ?? 0.1,
@@ -125,30 +127,40 @@ export async function fitTokenBagGate(options: FitGateOptions): Promise<FitGateR
   }
   const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
   const rng = new Random(settings.seed);
-  const train: TokenBagExample[] = [];
+  const train: TokenBagExample[] = []; // the lines and their cut copies
+  const lines: TokenBagExample[] = []; // the training lines alone
   const heldout: TokenBagExample[] = [];
   const counts: Record<string, { train: number; heldout: number }> = {};
   const encode = (text: string) => tokenizer.encode(text, 'truncate').ids;
   for (const [label, id] of experts.entries()) {
     const dir = join(options.data, id);
-    const lines = folders.includes(id) ? await readLines(dir) : [];
-    if (lines.length === 0) {
+    const texts = folders.includes(id) ? await readLines(dir) : [];
+    if (texts.length === 0) {
       throw new Error(
         `${dir}: no examples for adapter '${id}'; every adapter of group '${group.id}' needs a folder of .txt files, one example per line`,
       );
     }
-    const order = rng.shuffle(lines.map((_, i) => i));
-    const kept = Math.min(Math.round(lines.length * settings.heldout), lines.length - 1);
-    order.slice(0, kept).forEach((i) => heldout.push({ ids: encode(lines[i]!), label }));
+    const order = rng.shuffle(texts.map((_, i) => i));
+    const kept = Math.min(Math.round(texts.length * settings.heldout), texts.length - 1);
+    for (const i of order.slice(0, kept)) heldout.push({ ids: encode(texts[i]!), label });
     for (const i of order.slice(kept)) {
-      train.push({ ids: encode(lines[i]!), label });
+      const example = { ids: encode(texts[i]!), label };
+      lines.push(example);
+      train.push(example);
       for (let c = 0; c < settings.copies; c++) {
-        train.push({ ids: encode(crop(lines[i]!, rng)), label });
+        train.push({ ids: encode(crop(texts[i]!, rng)), label });
       }
     }
-    counts[id] = { train: lines.length - kept, heldout: kept };
+    counts[id] = { train: texts.length - kept, heldout: kept };
   }
-  log(`fit-gate: ${train.length} training texts (with copies), ${heldout.length} held out`);
+  // Default: enough epochs for about 50,000 SGD steps (5 to 100): a few thousand lines need the 5
+  // fastText uses, a few dozen need many more to fit at all.
+  if (settings.epochs === 0) {
+    settings.epochs = Math.max(5, Math.min(100, Math.ceil(50_000 / train.length)));
+  }
+  log(
+    `fit-gate: ${train.length} training texts (with copies), ${heldout.length} held out, ${settings.epochs} epochs`,
+  );
 
   const fit = trainTokenBag(
     train,
@@ -202,14 +214,14 @@ export async function fitTokenBagGate(options: FitGateOptions): Promise<FitGateR
     experts,
     examples: counts,
     heldoutAccuracy: heldout.length === 0 ? null : Math.round(accuracy(heldout) * 1e4) / 1e4,
-    trainAccuracy: Math.round(accuracy(train) * 1e4) / 1e4,
+    trainAccuracy: Math.round(accuracy(lines) * 1e4) / 1e4,
     trainingLoss: Math.round(fit.loss * 1e4) / 1e4,
     settings,
   };
 }
 
 const USAGE =
-  'usage: fit-gate --pack DIR --group ID --data DIR [--out FILE] [--width 32] [--buckets 0] [--epochs 5] [--lr 0.5] [--copies 4] [--heldout 0.1] [--seed 1]';
+  'usage: fit-gate --pack DIR --group ID --data DIR [--out FILE] [--width 32] [--buckets 0] [--epochs N] [--lr 0.5] [--copies 4] [--heldout 0.1] [--seed 1]';
 
 async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({

@@ -36,6 +36,11 @@ async function digestOfBuildInputs(): Promise<string> {
   return hash.digest('hex').slice(0, 16);
 }
 
+/** Where the full demo pack of this code lives (built or not). */
+export async function fullDemoPackDir(): Promise<string> {
+  return join(tmpdir(), `moe-serve-full-demo-${await digestOfBuildInputs()}`);
+}
+
 let shared: Promise<string> | undefined;
 
 /**
@@ -44,7 +49,7 @@ let shared: Promise<string> | undefined;
  */
 export function fullDemoPack(log: (line: string) => void = () => {}): Promise<string> {
   shared ??= (async () => {
-    const dir = join(tmpdir(), `moe-serve-full-demo-${await digestOfBuildInputs()}`);
+    const dir = await fullDemoPackDir();
     const built = await Promise.all(
       [MANIFEST_FILE, DEMO_REPORT_FILE].map((f) =>
         stat(join(dir, f)).then(
