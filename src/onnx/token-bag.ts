@@ -24,8 +24,9 @@
  * is declared as a graph input or output: the caller owns the inputs (they are shared with the
  * backbone) and decides what the logits feed (bias + top-k in the mixture graph). Needs opset >= 13.
  *
- * Cost (bench/token-bag.ts): two Gathers of [B,T,w] rows and two [B,1,T] x [B,T,w] MatMuls, a few
- * hundred microseconds at B=32 T=64 w=64 against tens of milliseconds for the backbone.
+ * Cost: two Gathers of [B,T,w] rows and two [B,1,T] x [B,T,w] MatMuls (one of each without
+ * bigrams). Measured by bench/token-bag.ts at the demo's shapes (B=32, T<=64): the gate adds about
+ * 0.3% to a batch's time, at width 32 and at width 64 with 16384 buckets alike.
  */
 import type { Activation, TokenBagGate, Weight } from '../pack/types.js';
 import { attr, type GraphBuilder } from './graph.js';
