@@ -55,6 +55,8 @@ const graph = init.graph;
 let session: ort.InferenceSession | undefined;
 let backbone: ort.InferenceSession | undefined;
 let backboneTakesTokenTypes = false;
+/** The pack graph reads input_ids (built backbone, or token_bag gates). */
+let takesIds = false;
 let stallNextRunMs = 0;
 
 /** Bank name -> its array and the tensor over it (created once; writes mutate the array). */
@@ -125,6 +127,7 @@ async function openSessions(): Promise<void> {
     backboneTakesTokenTypes = backbone.inputNames.includes('token_type_ids');
   }
   session = await createSession(graph.model);
+  takesIds = session.inputNames.includes(GRAPH_INPUT_IDS);
 }
 
 async function releaseSessions(): Promise<void> {
@@ -220,9 +223,9 @@ async function run(request: RunRequest): Promise<void> {
     feeds[GRAPH_INPUT_HIDDEN] = (await backbone.run(backboneFeeds, [BACKBONE_OUTPUT]))[
       BACKBONE_OUTPUT
     ]!; // [B,T,d]
-  } else {
-    feeds[GRAPH_INPUT_IDS] = new ort.Tensor('int64', request.inputIds, dims);
   }
+  // The built backbone reads the ids, and so do token_bag gates over an external backbone.
+  if (takesIds) feeds[GRAPH_INPUT_IDS] = new ort.Tensor('int64', request.inputIds, dims);
   const t1 = performance.now();
   request.groups.forEach((group, i) => {
     const slots = group.bias.length / B;

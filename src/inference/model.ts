@@ -10,7 +10,7 @@ import type { EngineItemResult, TaskOutput } from '../engine/decode.js';
 import { Engine, type EngineOptions } from '../engine/engine.js';
 import { type ItemRouting, planItem, type RoutingView } from '../engine/routing.js';
 import { MoeError } from '../errors.js';
-import { type LoadedPack, loadPack } from '../pack/load.js';
+import { checkTokenizerFitsGates, type LoadedPack, loadPack } from '../pack/load.js';
 import { engineGraphOf, slotGroupsOf } from './pack-graph-plan.js';
 import { TextTokenizer, type TruncationPolicy } from './tokenizer.js';
 
@@ -101,8 +101,7 @@ export class ModelFrontend {
 
   /** Open the pack and its tokenizer only: no engine workers, no ORT sessions. */
   static async open(options: Pick<ModelOptions, 'packDir' | 'truncation'>): Promise<ModelFrontend> {
-    const pack = await loadPack(options.packDir);
-    const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
+    const { pack, tokenizer } = await openPackAndTokenizer(options.packDir);
     const registry = new AdapterRegistry(pack, slotGroupsOf(pack));
     return new ModelFrontend(pack, tokenizer, registry, options.truncation ?? 'truncate');
   }
@@ -255,8 +254,7 @@ export class Model extends ModelFrontend {
   }
 
   static override async open(options: ModelOptions): Promise<Model> {
-    const pack = await loadPack(options.packDir);
-    const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
+    const { pack, tokenizer } = await openPackAndTokenizer(options.packDir);
     const graph = engineGraphOf(pack);
     const registry = new AdapterRegistry(pack, graph.groups);
     const engine = await Engine.start(options.engine ?? {}, graph);
@@ -287,6 +285,16 @@ export class Model extends ModelFrontend {
   close(): Promise<void> {
     return this.engine.close();
   }
+}
+
+/** The pack and its tokenizer, with the checks that need both (token_bag gates cover the ids). */
+async function openPackAndTokenizer(
+  packDir: string,
+): Promise<{ pack: LoadedPack; tokenizer: TextTokenizer }> {
+  const pack = await loadPack(packDir);
+  const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
+  checkTokenizerFitsGates(pack, tokenizer.vocabSize);
+  return { pack, tokenizer };
 }
 
 /** Keep the requested tasks' outputs and attach the token accounting. */

@@ -51,6 +51,7 @@ import {
   groupBanks,
   TOP_SITE,
 } from './slot-banks.js';
+import { tokenBagLogits } from './token-bag.js';
 
 /**
  * A backbone the compiler emits into the graph: `emit` adds the encoder's nodes, calling `hooks`
@@ -121,6 +122,11 @@ export function compilePackGraph(spec: PackGraphSpec): CompiledPackGraph {
   validateSpec(spec, d);
 
   const mask = g.input(GRAPH_INPUT_MASK, 'int64', ['batch', 'sequence']);
+  // Token ids: the built backbone's input, and what token_bag gates read (also over an external
+  // backbone, whose hidden states then come in beside them).
+  const readsIds =
+    backbone.kind === 'built' || spec.groups.some((group) => group.gate?.type === 'token_bag');
+  const inputIds = readsIds ? g.input(GRAPH_INPUT_IDS, 'int64', ['batch', 'sequence']) : undefined;
   const banks = spec.groups.map((group, i) =>
     groupBanks(i, group.structure, group.slots, group.gate !== null, dims),
   );
@@ -182,8 +188,15 @@ export function compilePackGraph(spec: PackGraphSpec): CompiledPackGraph {
 
     let scores = bias; // [B,S]
     if (group.gate !== null) {
-      if (pooled === undefined) throw new Error(`pack graph: group ${group.id} has no gate input`);
-      const logits = gateLogits(g, group.gate, pooled, d, p); // [B,E]
+      const logits =
+        group.gate.type === 'token_bag'
+          ? tokenBagLogits(
+              g,
+              group.gate,
+              { inputIds: inputIds!, attentionMask: mask },
+              { prefix: `${p}.gate` },
+            )
+          : gateLogits(g, group.gate, requirePooled(pooled, group.id), d, p); // [B,E]
       const E = group.gate.experts.length;
       // Per slot: the logit of the gate column its adapter has, 0 for adapters the gate lacks.
       const withNone = g.op(
@@ -362,7 +375,9 @@ export function compilePackGraph(spec: PackGraphSpec): CompiledPackGraph {
 
   const hooks: EncoderHooks = {
     embeddings(x, ctx) {
-      const gatedInLayer = inLayer.filter(({ group }) => group.gate !== null);
+      const gatedInLayer = inLayer.filter(
+        ({ group }) => group.gate !== null && group.gate.type !== 'token_bag',
+      );
       const pooled =
         gatedInLayer.length > 0
           ? pool(perItem(ctx, x, d, 'embeddings_3d'), spec.pooling.mode, 'embeddings_pooled')
@@ -516,8 +531,7 @@ export function compilePackGraph(spec: PackGraphSpec): CompiledPackGraph {
   let tokensInput: CompiledPackGraph['tokensInput'];
   if (backbone.kind === 'built') {
     tokensInput = GRAPH_INPUT_IDS;
-    const inputIds = g.input(GRAPH_INPUT_IDS, 'int64', ['batch', 'sequence']);
-    const out = backbone.emit(g, { inputIds, attentionMask: mask }, hooks);
+    const out = backbone.emit(g, { inputIds: inputIds!, attentionMask: mask }, hooks);
     hidden3 = g.op(
       'Reshape',
       [
@@ -538,7 +552,9 @@ export function compilePackGraph(spec: PackGraphSpec): CompiledPackGraph {
     if (s.kind !== 'top') return;
     const p = `g${i}`;
     const pooled =
-      group.gate === null ? undefined : pool(hidden3, spec.pooling.mode, `${p}_pooled`);
+      group.gate === null || group.gate.type === 'token_bag'
+        ? undefined
+        : pool(hidden3, spec.pooling.mode, `${p}_pooled`);
     const routing = route(i, pooled);
     const R = s.rank;
     const ids = routing.experts;
@@ -650,8 +666,19 @@ export function compilePackGraph(spec: PackGraphSpec): CompiledPackGraph {
   return { bytes, banks, tokensInput };
 }
 
+function requirePooled(pooled: string | undefined, group: string): string {
+  if (pooled === undefined) throw new Error(`pack graph: group ${group} has no gate input`);
+  return pooled;
+}
+
 /** Gate logits [B,E] over `pooled` [B,d], columns in gate.experts order. */
-function gateLogits(g: GraphBuilder, gate: Gate, pooled: string, d: number, p: string): string {
+function gateLogits(
+  g: GraphBuilder,
+  gate: Exclude<Gate, { type: 'token_bag' }>,
+  pooled: string,
+  d: number,
+  p: string,
+): string {
   const E = gate.experts.length;
   if (gate.type === 'linear') {
     return g.op(

@@ -84,9 +84,9 @@ export const AdapterRefSchema = Type.Object(
 
 export const GateSchema = Type.Object(
   {
-    type: Type.Enum(['linear', 'mlp'], {
+    type: Type.Enum(['linear', 'mlp', 'token_bag'], {
       description:
-        "Router kind. 'linear': logits = pooled @ weight + bias (tensors weight [d,E], bias [E]). 'mlp': logits = act(pooled @ hidden.weight + hidden.bias) @ out.weight + out.bias (tensors hidden.weight [d,h], hidden.bias [h], out.weight [h,E], out.bias [E]).",
+        "Router kind. 'linear': logits = pooled @ weight + bias (tensors weight [d,E], bias [E]). 'mlp': logits = act(pooled @ hidden.weight + hidden.bias) @ out.weight + out.bias (tensors hidden.weight [d,h], hidden.bias [h], out.weight [h,E], out.bias [E]). 'token_bag': reads the token ids, not the hidden state (it runs before the backbone): pooled = mean of embedding.weight rows over the input's tokens and hashed token bigrams, then out.weight / out.bias, optionally after a hidden layer (tensors embedding.weight [V + bigram_buckets, w], out.weight [w,E], out.bias [E]; with activation also hidden.weight [w,h], hidden.bias [h] and out.weight [h,E]).",
     }),
     file: RelativePath('safetensors file with the gate tensors (F32, math layout x @ W).'),
     experts: Type.Array(Id('Adapter id.'), {
@@ -96,12 +96,21 @@ export const GateSchema = Type.Object(
     }),
     activation: Type.Optional({
       ...ActivationSchema,
-      description: "Hidden-layer non-linearity; required for 'mlp', not allowed for 'linear'.",
+      description:
+        "Hidden-layer non-linearity; required for 'mlp', not allowed for 'linear'; for 'token_bag' it adds the hidden layer (hidden.weight, hidden.bias).",
     }),
+    bigram_buckets: Type.Optional(
+      Type.Integer({
+        minimum: 0,
+        description:
+          "Only for 'token_bag', and required there: the hashed token-bigram rows N at the end of embedding.weight (0: token ids only). Adjacent real tokens a, b use row V + (a * 1000003 + b) mod N, V = rows - N.",
+      }),
+    ),
   },
   {
     additionalProperties: false,
-    description: 'A learned router over the masked mean of the hidden state entering the group.',
+    description:
+      "A learned router: over the masked mean of the hidden state entering the group ('linear', 'mlp'), or over the input's token ids ('token_bag').",
   },
 );
 

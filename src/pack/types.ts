@@ -54,7 +54,33 @@ export interface MlpGate {
   readonly outBias: Weight; // [E]
 }
 
-export type Gate = LinearGate | MlpGate;
+/**
+ * A router over the input's token ids alone (fastText-like), computed before the backbone:
+ *   features = the real tokens' ids t_1..t_n, and, when buckets > 0, for each pair of adjacent real
+ *              tokens the row V + (t_{i-1} * TOKEN_BAG_BIGRAM_MULTIPLIER + t_i) mod buckets
+ *   pooled   = mean over the features of embedding[feature]                  [w]
+ *   x        = hidden ? act(pooled @ hidden.weight + hidden.bias) : pooled   [w] or [h]
+ *   logits   = x @ outWeight + outBias                                       [E]
+ * V = embedding rows - buckets: token ids must be < V (the loader checks it against the tokenizer).
+ * The graph is src/onnx/token-bag.ts; the trainer src/demo/token-bag.ts.
+ */
+export interface TokenBagGate {
+  readonly type: 'token_bag';
+  readonly experts: readonly string[];
+  /** Hashed token-bigram rows at the end of the table; 0: unigrams only. */
+  readonly buckets: number;
+  readonly embedding: Weight; // [V + buckets, w]
+  /** Optional hidden layer between the pooled bag and the output. */
+  readonly hidden?: {
+    readonly activation: Activation;
+    readonly weight: Weight; // [w,h]
+    readonly bias: Weight; // [h]
+  };
+  readonly outWeight: Weight; // [w or h, E]
+  readonly outBias: Weight; // [E]
+}
+
+export type Gate = LinearGate | MlpGate | TokenBagGate;
 
 /** A task head over the mean-pooled final hidden state: logits = pooled @ weight + bias. */
 export interface Head {

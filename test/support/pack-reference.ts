@@ -93,6 +93,11 @@ function mean(h: readonly number[][], d: number): number[] {
 function gateLogits(gate: Gate, pooled: number[]): number[] {
   const E = gate.experts.length;
   if (gate.type === 'linear') return affine(pooled, gate.weight.data, gate.bias.data, E);
+  if (gate.type === 'token_bag') {
+    throw new Error(
+      'pack reference: token_bag gates read token ids; test/token-bag.test.ts checks them',
+    );
+  }
   const width = gate.hiddenBias.data.length;
   const hidden = affine(pooled, gate.hiddenWeight.data, gate.hiddenBias.data, width).map((v) =>
     act(gate.activation, v),
