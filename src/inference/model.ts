@@ -11,7 +11,7 @@ import { type ItemRouting, routeItem } from '../engine/routing.js';
 import { MoeError } from '../errors.js';
 import type { MixtureLayout } from '../onnx/mixture-contract.js';
 import { type LoadedPack, loadPack } from '../pack/load.js';
-import { AdapterRegistry } from '../pack/registry.js';
+import { type AdapterInfo, AdapterRegistry } from '../pack/registry.js';
 import { TextTokenizer, type TruncationPolicy } from './tokenizer.js';
 
 export interface ModelOptions {
@@ -92,22 +92,32 @@ export class ModelFrontend {
     readonly tokenizer: TextTokenizer,
     readonly registry: AdapterRegistry,
     private readonly truncation: TruncationPolicy,
-    /** The layout of the pack's own adapters (the frontend has no engine whose layout to follow). */
-    private readonly packLayout: MixtureLayout | undefined,
-  ) {}
+    /**
+     * The layout of the adapters the registry serves, when no engine's layout is there to follow
+     * (the frontend alone); recomputed whenever the registry changes.
+     */
+    private servedLayout: MixtureLayout | undefined,
+  ) {
+    if (servedLayout === undefined) return;
+    const follow = () => {
+      this.servedLayout = layoutOf(pack, registry.list(), this.servedLayout!.version + 1);
+    };
+    registry.on('loaded', follow);
+    registry.on('unloaded', follow);
+  }
 
   /** Open the pack and its tokenizer only: no engine workers, no ORT sessions. */
   static async open(options: Pick<ModelOptions, 'packDir' | 'truncation'>): Promise<ModelFrontend> {
     const pack = await loadPack(options.packDir);
     const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
     const registry = new AdapterRegistry(pack);
-    const { layout } = registry.compileCurrent();
+    const layout = layoutOf(pack, registry.list(), 0);
     return new ModelFrontend(pack, tokenizer, registry, options.truncation ?? 'truncate', layout);
   }
 
   /** The mixture layout requests are validated against. */
   get layout(): MixtureLayout {
-    return this.packLayout!;
+    return this.servedLayout!;
   }
 
   get name(): string {
@@ -276,6 +286,35 @@ export class Model extends ModelFrontend {
   close(): Promise<void> {
     return this.engine.close();
   }
+}
+
+/**
+ * The routing layout of the adapters `adapters` lists as served (installed at least once), in
+ * their listing order, which is the registry's bank order: what a frontend without an engine
+ * validates requests against.
+ */
+function layoutOf(
+  pack: LoadedPack,
+  adapters: readonly AdapterInfo[],
+  version: number,
+): MixtureLayout {
+  const served = adapters.filter((adapter) => adapter.loadedAt !== undefined);
+  return {
+    version,
+    hiddenSize: pack.hiddenSize,
+    groups: pack.groups.map((group) => {
+      const mine = served.filter((adapter) => adapter.group === group.id);
+      return {
+        id: group.id,
+        adapters: mine.map((adapter) => adapter.id),
+        gated: group.gate !== null,
+        gateKnows: mine.map((adapter) => adapter.gated),
+        defaultK: group.defaultK,
+        defaultAdapter: group.defaultAdapter,
+      };
+    }),
+    heads: pack.heads.map((head) => ({ id: head.id, labels: head.labels })),
+  };
 }
 
 /** Keep the requested tasks' outputs and attach the token accounting. */

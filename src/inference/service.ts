@@ -136,6 +136,11 @@ export class EmbeddedInference implements Inference {
     });
   }
 
+  /** Items waiting for an engine batch (not running yet). */
+  get queuedItems(): number {
+    return this.batcher.queued;
+  }
+
   async infer(request: InferRequest, options: InferOptions): Promise<InferAnswer> {
     if (this.draining)
       throw new MoeError('DRAINING', 'The server is shutting down; retry on another instance.');

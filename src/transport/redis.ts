@@ -68,3 +68,56 @@ export async function within<T>(
     clearTimeout(timer);
   }
 }
+
+/**
+ * Redis's clock, as seen from this process: the one clock every API node and worker shares, so
+ * that a deadline can travel as "this much time left when queued at Redis time T" without any
+ * host comparing its own clock with another's.
+ *
+ * `now()` is this process's monotonic clock plus an offset to Redis's TIME, measured on each
+ * (re)connect and every RESAMPLE_MS, keeping the sample with the shortest round trip of the last
+ * few (its error is at most half that round trip, well under a millisecond on a LAN). Before the
+ * first sample it is the wall clock, which is all it can be.
+ */
+export class RedisClock {
+  private offset = Date.now() - performance.now();
+  private best: { rtt: number; at: number } | undefined;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly redis: Redis) {
+    redis.on('ready', () => void this.sample());
+    if (isUp(redis)) void this.sample();
+    this.timer = setInterval(() => void this.sample(), RESAMPLE_MS);
+    this.timer.unref();
+  }
+
+  /** Milliseconds since the epoch on Redis's clock. */
+  now(): number {
+    return performance.now() + this.offset;
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
+
+  private async sample(): Promise<void> {
+    if (!isUp(this.redis)) return;
+    try {
+      const t0 = performance.now();
+      const [seconds, micros] = await this.redis.time();
+      const t1 = performance.now();
+      const rtt = t1 - t0;
+      // A sample beats the kept one when its round trip is shorter, or when the kept one is old
+      // (the two clocks drift apart slowly; a later sample also follows a stepped wall clock).
+      if (this.best !== undefined && rtt > this.best.rtt && t1 - this.best.at < 4 * RESAMPLE_MS) {
+        return;
+      }
+      this.best = { rtt, at: t1 };
+      this.offset = Number(seconds) * 1000 + Number(micros) / 1000 - (t0 + t1) / 2;
+    } catch {
+      // Redis went away; the next (re)connect samples again.
+    }
+  }
+}
+
+const RESAMPLE_MS = 10_000;
