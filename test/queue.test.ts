@@ -405,6 +405,35 @@ describe('queue mode: one API node, two workers, real Redis', () => {
     assert.equal(await stop(second), 0);
   });
 
+  it('a worker takes waiting jobs in bulk, and their inputs leave in shared batches', async (t) => {
+    // Its own queue: 64 requests wait in Redis before the worker exists.
+    const queueEnv = { ...env, QUEUE_NAME: 'bulk', WORKER_CONCURRENCY: '64' };
+    const bulkApi = await startApi(queueEnv);
+    extras.push(bulkApi);
+    const answers = Promise.all(
+      Array.from({ length: 64 }, (_, i) => post(bulkApi.url, '/v1/infer', body(i))),
+    );
+    await sleep(500);
+    const worker = await startWorker(queueEnv);
+    extras.push(worker);
+    const got = await answers;
+    got.forEach((answer, i) => {
+      assert.equal(answer.status, 200, JSON.stringify(answer.json));
+      assertSameResult((answer.json as InferResponse).results[0]!, expected[i]!, `request ${i}`);
+    });
+    const text = await metricsOf(worker.url);
+    const fetches = metricSum(text, 'moe_queue_fetch_jobs_count');
+    const small = metricSum(text, 'moe_queue_fetch_jobs_bucket', { le: '16' });
+    const batches = metricSum(text, 'moe_batch_size_items_count');
+    const items = metricSum(text, 'moe_batch_size_items_sum');
+    t.diagnostic(`${fetches} fetches took 64 jobs; ${batches} batches ran ${items} items`);
+    assert.equal(metricSum(text, 'moe_queue_fetch_jobs_sum'), 64);
+    assert.ok(small < fetches, 'one round trip took more than 16 jobs');
+    assert.ok(items / batches >= 16, `mean batch ${items / batches}`);
+    assert.equal(await stop(worker), 0);
+    assert.equal(await stop(bulkApi), 0);
+  });
+
   it('adapters load and unload at run time: mid-load, on every worker, as in embedded mode', async (t) => {
     const folder = await adapterFolder('nl', 'nl', 21);
     const pinned = (i: number): InferBody => ({ ...body(i), language: 'nl' });
@@ -658,6 +687,9 @@ describe('queue mode: one API node, two workers, real Redis', () => {
       const checks = (ready.json as { checks: { redis: boolean } }).checks;
       readiness.push({ at: performance.now() - t0, status: ready.status, redis: checks.redis });
     }
+    // Requests that ended before this moment ended while Redis was down (once started, Redis may
+    // serve before startRedis sees it answer PING).
+    const restartingAt = performance.now() - t0;
     redis = await startRedis(redisPort, root);
     restartedAt = performance.now() - t0;
     // Serve again within 5 s: a fresh request is answered 200.
@@ -677,7 +709,7 @@ describe('queue mode: one API node, two workers, real Redis', () => {
       recoveredAt - restartedAt <= 5000,
       `full service ${Math.round(recoveredAt - restartedAt)} ms after Redis returned`,
     );
-    const down = samples.filter((s) => s.start > stoppedAt + 1500 && s.end < restartedAt);
+    const down = samples.filter((s) => s.start > stoppedAt + 1500 && s.end < restartingAt);
     t.diagnostic(
       `Redis down ${Math.round(restartedAt - stoppedAt)} ms: ${down.length} requests answered 503 in at most ${Math.round(Math.max(...down.map((s) => s.ms)))} ms; served again ${Math.round(recoveredAt - restartedAt)} ms after Redis returned; ${samples.filter((s) => s.status === 200).length} of ${samples.length} answered 200 in all`,
     );

@@ -89,6 +89,8 @@ const COUNTS_TIMEOUT_MS = 500;
 /** Most replies one read takes; a read blocks this long at most when none is there. */
 const REPLY_BATCH = 1024;
 const REPLY_BLOCK_MS = 2000;
+/** Replies read are deleted within this long. */
+const REPLY_TRIM_MS = 100;
 
 interface Pending {
   readonly items: readonly PreparedItem[];
@@ -115,6 +117,7 @@ export class QueueInference implements Inference, JobQueue {
   /** The id of the last reply read. */
   private replyCursor = '0';
   private reading: Promise<void> | undefined;
+  private trimTimer: NodeJS.Timeout | undefined;
   private readonly pending = new Map<string, Pending>();
   /** Jobs waiting for the end of this event-loop turn to be added together. */
   private readonly adds: {
@@ -289,6 +292,12 @@ export class QueueInference implements Inference, JobQueue {
       this.closed = true;
       clearInterval(this.sweeper);
       clearTimeout(this.lostTimer);
+      if (this.trimTimer !== undefined) {
+        clearTimeout(this.trimTimer);
+        await this.redis
+          .xtrim(this.replyStream, 'MINID', after(this.replyCursor))
+          .catch(() => undefined);
+      }
       await this.registry.close();
       await this.queue.close().catch(() => undefined);
       this.clock.close();
@@ -465,9 +474,19 @@ export class QueueInference implements Inference, JobQueue {
           this.metrics.replies.inc({ outcome: answered ? 'answered' : 'late' });
         }
       }
-      // Everything up to the cursor has been read: delete it (one command, not awaited).
-      this.redis.xtrim(this.replyStream, 'MINID', after(this.replyCursor)).catch(() => undefined);
+      this.trimSoon();
     }
+  }
+
+  /**
+   * Delete what has been read, REPLY_TRIM_MS after the first read since the last deletion: one
+   * command for all the reads in between (each write to Redis costs CPU; see corkTurn).
+   */
+  private trimSoon(): void {
+    this.trimTimer ??= setTimeout(() => {
+      this.trimTimer = undefined;
+      this.redis.xtrim(this.replyStream, 'MINID', after(this.replyCursor)).catch(() => undefined);
+    }, REPLY_TRIM_MS);
   }
 
   /** Look up the jobs of requests that waited long: their reply may have been lost. */

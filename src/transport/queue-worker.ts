@@ -57,7 +57,7 @@ import {
   type Reply,
   replyFields,
 } from './contract.js';
-import { connectRedis, isUp, RedisClock } from './redis.js';
+import { connectRedis, corkTurn, isUp, RedisClock } from './redis.js';
 import { RegistrySync } from './registry-sync.js';
 
 export interface QueueWorkerOptions {
@@ -81,6 +81,11 @@ const VERSION_WAIT_MS = 2000;
 const ROOM_RECHECK_MS = 50;
 /** Pause after a failed fetch (Redis unreachable) before the next. */
 const FETCH_RETRY_MS = 250;
+/**
+ * While items already wait in the batcher (the engine is busy), a fetch waits this long first so
+ * that jobs arriving one by one are taken several per round trip.
+ */
+const GATHER_MS = 2;
 /** An idle worker looks at the wait list at least this often (a lost wake-up costs this much). */
 const IDLE_RECHECK_MS = 1000;
 /** close() waits this long at most for a blocking fetch in flight (drainDelay is 1 s). */
@@ -117,7 +122,7 @@ export class QueueWorker {
   private readonly finishing = new Set<string>();
   private tokens = 0;
   private stopping = false;
-  private wake: (() => void) | undefined;
+  private wake: { readonly onRoom: boolean; readonly resolve: () => void } | undefined;
   private intake: Promise<void> | undefined;
   /** The blocking fetch in flight, if any (at most one). */
   private blocking: Promise<void> | undefined;
@@ -245,8 +250,8 @@ export class QueueWorker {
 
   /**
    * The intake loop. With jobs waiting (the wait list's length says how many) it fetches them in
-   * bulk; with none, one BullMQ blocking fetch waits for the next job (a wake-up on the queue's
-   * marker, then one job). The loop itself does not wait on that fetch for more than
+   * bulk, after GATHER_MS when the engine has items queued already; with none, one BullMQ
+   * blocking fetch waits for the next job (a wake-up on the queue's marker, then one job). The loop itself does not wait on that fetch for more than
    * IDLE_RECHECK_MS or the next poke (a job finished, the link came back): a wake-up can be lost
    * when the link breaks (BullMQ #4479), and BullMQ then blocks for up to 10 s; the wait list's
    * length is the truth the loop checks again.
@@ -261,10 +266,15 @@ export class QueueWorker {
       }
       try {
         if (bulk) {
+          // Items wait for the engine already: let jobs gather a moment, then take them in one
+          // go (each Redis command costs CPU that the engine could use).
+          if (this.service.queuedItems > 0) await sleep(GATHER_MS);
+          const space = this.room();
+          if (space === 0) continue;
           // Ask for as many as wait: no call comes back empty but by a race with other workers.
           const waiting = await this.redis.llen(this.worker.keys.wait!);
           bulk = waiting > 0;
-          if (bulk) this.begin(await this.fetch(Math.min(room, waiting)));
+          if (bulk) this.begin(await this.fetch(Math.min(space, waiting)));
           continue;
         }
         this.blocking ??= this.worker.getNextJob(this.token(), { block: true }).then(
@@ -276,7 +286,7 @@ export class QueueWorker {
             this.blocking = undefined;
           },
         );
-        await Promise.race([this.blocking, this.nextPoke(IDLE_RECHECK_MS)]);
+        await Promise.race([this.blocking, this.nextPoke(IDLE_RECHECK_MS, false)]);
         bulk = true; // a job came, or time passed: look at the wait list
       } catch {
         await sleep(FETCH_RETRY_MS); // Redis unreachable; the link logs its state
@@ -293,6 +303,7 @@ export class QueueWorker {
 
   /** `n` non-blocking fetches sent together: one round trip. */
   private async fetch(n: number): Promise<QueueJob[]> {
+    corkTurn(this.redis);
     const calls = Array.from({ length: n }, () =>
       this.worker.getNextJob(this.token(), { block: false }),
     );
@@ -316,7 +327,7 @@ export class QueueWorker {
       void this.run(job).finally(() => {
         this.held.delete(job.id!);
         this.finishing.delete(job.id!);
-        this.poke();
+        this.poke('room');
       });
     }
   }
@@ -325,20 +336,27 @@ export class QueueWorker {
     return `${this.name}:${++this.tokens}`;
   }
 
-  /** Wake the intake loop (a job finished, the registry or the link changed, closing). */
-  private poke(): void {
-    const wake = this.wake;
+  /**
+   * Wake the intake loop: `room` when a job finished (only a loop waiting for room cares), else
+   * the registry or the link changed, or closing.
+   */
+  private poke(why: 'room' | 'change' = 'change'): void {
+    if (this.wake === undefined || (why === 'room' && !this.wake.onRoom)) return;
+    const { resolve } = this.wake;
     this.wake = undefined;
-    wake?.();
+    resolve();
   }
 
-  /** Resolves on the next poke, or after `ms`. */
-  private nextPoke(ms: number): Promise<void> {
+  /** Resolves on the next poke (a `room` one too when `onRoom`), or after `ms`. */
+  private nextPoke(ms: number, onRoom = true): Promise<void> {
     return new Promise((resolve) => {
       const timer = setTimeout(resolve, ms);
-      this.wake = () => {
-        clearTimeout(timer);
-        resolve();
+      this.wake = {
+        onRoom,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
       };
     });
   }
@@ -525,6 +543,7 @@ export class QueueWorker {
     for (const stream of streams) pipeline.pexpire(stream, REPLY_TTL_MS);
     pipeline.exec().then(
       (results) => {
+        corkTurn(this.redis); // the jobs' completions, which follow in this turn: one write
         batch.forEach((entry, i) => {
           const error = results?.[i]?.[0];
           if (error) entry.reject(error);

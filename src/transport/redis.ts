@@ -121,3 +121,22 @@ export class RedisClock {
 }
 
 const RESAMPLE_MS = 10_000;
+
+const corked = new WeakSet<object>();
+
+/**
+ * Hold the commands written to `redis` until this event-loop turn ends, then send them in one
+ * write. A worker finishing a batch completes every job of it in one turn, one command each;
+ * measured here, each write to a loopback Redis cost 0.1-0.6 ms of the writer's CPU (the kernel
+ * delivers the bytes to Redis in the writer's time), more than the rest of the job's handling.
+ */
+export function corkTurn(redis: Redis): void {
+  const stream = redis.stream;
+  if (stream === undefined || stream === null || corked.has(stream)) return;
+  corked.add(stream);
+  stream.cork();
+  setImmediate(() => {
+    corked.delete(stream);
+    stream.uncork();
+  });
+}
