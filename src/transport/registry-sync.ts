@@ -176,6 +176,7 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
     await this.subscriber.subscribe(this.options.keys.registryChanged).catch(() => undefined);
     await whenReady(this.options.redis, START_WAIT_MS);
     await this.refresh();
+    await this.publishStatus(); // from now on, admin changes wait for this worker
     this.timers.push(setInterval(() => void this.refresh(), REFRESH_MS));
     if (this.options.role === 'worker') {
       this.timers.push(setInterval(() => void this.publishStatus(), HEARTBEAT_MS));
@@ -301,9 +302,9 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
   // --- converging -----------------------------------------------------------------------------
 
   /**
-   * Make this registry serve `state`: load what is new or changed, unload what is gone. Ops run
-   * in rounds until none is left or a round makes no progress (an unload that would empty a
-   * group waits for a load into it; a load of an id that moved groups waits for its unload).
+   * Make this registry serve `state`: load what is new or changed (an id that moved to another
+   * group is unloaded first), unload what is gone. Ops run in rounds until none is left or a
+   * round makes no progress: an unload that would empty a group waits for a load into it.
    */
   private async converge(state: RegistryState): Promise<void> {
     const wanted = new Map(state.adapters.map((entry) => [entry.id, entry]));
@@ -317,6 +318,10 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
         have.group !== entry.group
       ) {
         ops.push(async () => {
+          if (have !== undefined && have.group !== entry.group && this.applied.has(entry.id)) {
+            // Moved to another group: a registry serves an id in one group only.
+            await this.unload(entry.id);
+          }
           await this.target.load(this.folderOf(entry), entry.id);
           this.applied.set(entry.id, entry);
         });
@@ -324,12 +329,7 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
     }
     for (const id of this.applied.keys()) {
       if (wanted.has(id)) continue;
-      ops.push(async () => {
-        await this.target.unload(id).catch((error: unknown) => {
-          if (!(error instanceof MoeError && error.code === 'ADAPTER_NOT_FOUND')) throw error;
-        });
-        this.applied.delete(id);
-      });
+      ops.push(() => this.unload(id));
     }
     let error: unknown;
     while (ops.length > 0) {
@@ -360,6 +360,14 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
       error: moe.message,
     });
     this.setApplied(this.appliedVersion, { version: state.version, error: moe });
+  }
+
+  /** Unload `id` here (already gone counts as done). */
+  private async unload(id: string): Promise<void> {
+    await this.target.unload(id).catch((error: unknown) => {
+      if (!(error instanceof MoeError && error.code === 'ADAPTER_NOT_FOUND')) throw error;
+    });
+    this.applied.delete(id);
   }
 
   private setApplied(version: number, failure: RegistrySync['failure']): void {
