@@ -212,25 +212,33 @@ function assertSameResult(
 
 /**
  * SIGKILL `victim` at a moment it provably holds jobs, and resolve with how many. A job spends only
- * tens of milliseconds in a worker (the API node, not the workers, limits this load), so a kill at
- * a random moment often finds the worker holding nothing and proves no recovery. So: freeze it
- * (SIGSTOP: it takes, finishes and renews nothing), let the Redis commands it already sent land,
- * count the active jobs it took (BullMQ's `processedBy` is the worker's name, hostname:pid); kill
- * it if it holds any, else let it run a moment and look again.
+ * milliseconds in a worker (the API node, not the workers, limits this load), and the other worker
+ * takes what is waiting in bulk, so a kill at a random moment often finds the victim holding
+ * nothing and proves no recovery. So: freeze the other worker for a moment (SIGSTOP: it takes,
+ * finishes and renews nothing), so that new jobs go to the victim; freeze the victim too, let the
+ * Redis commands it already sent land, count the active jobs it took (BullMQ's `processedBy` is
+ * the worker's name, hostname:pid); kill it if it holds any, else let both run and look again.
  */
-async function killHoldingJobs(victim: HttpProc): Promise<number> {
+async function killHoldingJobs(victim: HttpProc, other: HttpProc): Promise<number> {
   const name = `${hostname()}:${victim.child.pid}`;
   const limit = performance.now() + 20_000;
-  while (performance.now() < limit) {
-    victim.child.kill('SIGSTOP');
-    await sleep(100);
-    const held = await activeJobsOf(redisPort, queueKeys, name);
-    if (held > 0) {
-      victim.child.kill('SIGKILL');
-      return held;
+  try {
+    while (performance.now() < limit) {
+      other.child.kill('SIGSTOP');
+      await sleep(20 + Math.random() * 30);
+      victim.child.kill('SIGSTOP');
+      await sleep(100);
+      other.child.kill('SIGCONT');
+      const held = await activeJobsOf(redisPort, queueKeys, name);
+      if (held > 0) {
+        victim.child.kill('SIGKILL');
+        return held;
+      }
+      victim.child.kill('SIGCONT');
+      await sleep(10 + Math.random() * 40);
     }
-    victim.child.kill('SIGCONT');
-    await sleep(10 + Math.random() * 40);
+  } finally {
+    other.child.kill('SIGCONT');
   }
   victim.child.kill('SIGKILL');
   throw new Error('the victim held no job whenever it was frozen; nothing to recover');
@@ -599,7 +607,7 @@ describe('queue mode: one API node, two workers, real Redis', () => {
     let killing: Promise<number> | undefined;
     await loadAndCheck('kill', (done) => {
       if (killing === undefined && done >= 150) {
-        killing = killHoldingJobs(victim);
+        killing = killHoldingJobs(victim, workers[0]!);
         killing.catch(() => undefined); // awaited below
       }
     });

@@ -10,8 +10,8 @@
  *   12-14 items per batch, against 22-29 with the fetches below). Here a fetch reads how many
  *   jobs wait (LLEN), then sends that many `getNextJob` calls at once, bounded by the room left:
  *   one round trip for all of them. Every job of a fetch reaches the batcher in the same turn, so
- *   they leave in one batch. While the engine is busy anyway, a fetch first waits GATHER_MS, so
- *   jobs arriving one by one are still taken several at a time.
+ *   they leave in one batch. While the engine is busy anyway, the worker takes jobs every tenth
+ *   of a batch's time, so jobs arriving one by one are still taken several at a time.
  * - Room: at most `concurrency` jobs held, and no fetch while a full batch (MAX_BATCH_ITEMS) of
  *   items already waits in the batcher. So a busy worker holds about one running and one waiting
  *   batch, and leaves the rest in Redis for idle workers. With nothing waiting it blocks on
@@ -83,11 +83,8 @@ const VERSION_WAIT_MS = 2000;
 const ROOM_RECHECK_MS = 50;
 /** Pause after a failed fetch (Redis unreachable) before the next. */
 const FETCH_RETRY_MS = 250;
-/**
- * While items already wait in the batcher (the engine is busy), a fetch waits this long first so
- * that jobs arriving one by one are taken several per round trip.
- */
-const GATHER_MS = 2;
+/** While the engine is busy, jobs are taken every tenth of a batch's time, or this often. */
+const GATHER_MAX_MS = 20;
 /** An idle worker looks at the wait list at least this often (a lost wake-up costs this much). */
 const IDLE_RECHECK_MS = 1000;
 /** close() waits this long at most for a blocking fetch in flight (drainDelay is 1 s). */
@@ -251,32 +248,36 @@ export class QueueWorker {
   // --- taking jobs ----------------------------------------------------------------------------
 
   /**
-   * The intake loop. With jobs waiting (the wait list's length says how many) it fetches them in
-   * bulk, after GATHER_MS when the engine has items queued already; with none, one BullMQ
-   * blocking fetch waits for the next job (a wake-up on the queue's marker, then one job). The
-   * loop itself waits on that fetch for IDLE_RECHECK_MS at most, or until the link or the
-   * registry changes: a wake-up can be lost when the link breaks (BullMQ #4479), and BullMQ then
-   * blocks for up to 10 s; the wait list's length is the truth the loop checks again.
+   * The intake loop.
+   * - Busy (items wait in the batcher for the engine): jobs taken now would only wait too. Every
+   *   gather interval (a tenth of the last batch's engine time, GATHER_MAX_MS at most), the loop
+   *   reads how many jobs wait and takes them all in one round trip, instead of one round trip
+   *   per job as they trickle in.
+   * - Not busy, jobs waiting: take them at once, as many as wait, in one round trip.
+   * - Not busy, none waiting: one BullMQ blocking fetch waits for the next job (a wake-up on the
+   *   queue's marker, then one job). The loop waits on it for IDLE_RECHECK_MS at most, or until
+   *   the link or the registry changes: a wake-up can be lost when the link breaks (BullMQ
+   *   #4479), and BullMQ then blocks for up to 10 s; the wait list's length is the truth.
    */
   private async takeJobs(): Promise<void> {
     let bulk = false;
     while (!this.stopping) {
-      const room = this.room();
-      if (room === 0) {
+      if (this.room() === 0) {
         await this.nextPoke(ROOM_RECHECK_MS);
         continue;
       }
       try {
-        if (bulk) {
-          // Items wait for the engine already: let jobs gather a moment, then take them in one
-          // go (each Redis command costs CPU that the engine could use).
-          if (this.service.queuedItems > 0) await sleep(GATHER_MS);
-          const space = this.room();
-          if (space === 0) continue;
+        const busy = this.service.queuedItems > 0;
+        if (busy) {
+          await sleep(Math.min(GATHER_MAX_MS, this.service.lastBatchMs / 10));
+        }
+        if (busy || bulk) {
+          const room = this.room();
+          if (room === 0) continue;
           // Ask for as many as wait: no call comes back empty but by a race with other workers.
           const waiting = await this.redis.llen(this.worker.keys.wait!);
           bulk = waiting > 0;
-          if (bulk) this.begin(await this.fetch(Math.min(space, waiting)));
+          if (bulk) this.begin(await this.fetch(Math.min(room, waiting)));
           continue;
         }
         this.blocking ??= this.worker.getNextJob(this.token(), { block: true }).then(
