@@ -7,7 +7,7 @@
  * stall primitives, our loop)
  * - BullMQ's own loop fetches one job per round trip and one more per finished job, so jobs
  *   trickled in and the engine ran whatever had arrived (measured here at 64 clients, one worker:
- *   12-14 items per batch, against 22-29 with the fetches below). Here a fetch reads how many
+ *   9-14 items per batch, against 21-30 with the fetches below). Here a fetch reads how many
  *   jobs wait (LLEN), then sends that many `getNextJob` calls at once, bounded by the room left:
  *   one round trip for all of them. Every job of a fetch reaches the batcher in the same turn, so
  *   they leave in one batch. While the engine is busy anyway, the worker takes jobs every tenth

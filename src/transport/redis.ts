@@ -107,6 +107,8 @@ export class RedisClock {
       const [seconds, micros] = await this.redis.time();
       const t1 = performance.now();
       const rtt = t1 - t0;
+      // A reply that waited for a reconnect or a stalled Redis says little about the offset.
+      if (rtt > MAX_SAMPLE_RTT_MS) return;
       // A sample beats the kept one when its round trip is shorter, or when the kept one is old
       // (the two clocks drift apart slowly; a later sample also follows a stepped wall clock).
       if (this.best !== undefined && rtt > this.best.rtt && t1 - this.best.at < 4 * RESAMPLE_MS) {
@@ -121,6 +123,7 @@ export class RedisClock {
 }
 
 const RESAMPLE_MS = 10_000;
+const MAX_SAMPLE_RTT_MS = 200;
 
 const corked = new WeakSet<object>();
 

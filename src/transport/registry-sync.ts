@@ -266,8 +266,7 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
         }
         return result;
       } catch (error) {
-        if (error instanceof MoeError) throw error;
-        throw unavailable();
+        throw isRedisFailure(error) ? unavailable() : error;
       } finally {
         await this.options.redis
           .eval(UNLOCK_SCRIPT, 1, this.options.keys.registryLock, token)
@@ -455,8 +454,19 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
     const { redis, keys, syncTimeoutMs, log } = this.options;
     const limit = performance.now() + syncTimeoutMs;
     for (;;) {
-      const names = await redis.smembers(keys.registryWorkers);
-      const raw = names.length === 0 ? [] : await redis.mget(names.map(keys.registryWorker));
+      let names: string[];
+      let raw: (string | null)[];
+      try {
+        names = await redis.smembers(keys.registryWorkers);
+        raw = names.length === 0 ? [] : await redis.mget(names.map(keys.registryWorker));
+      } catch (error) {
+        // Committed already: the workers follow when Redis is back; this answer cannot wait.
+        log('warn', 'could not read the workers while waiting for an adapter change', {
+          version,
+          error: error instanceof Error ? error.message : String(error),
+        });
+        return undefined;
+      }
       const pending: string[] = [];
       const gone: string[] = [];
       for (const [i, name] of names.entries()) {
@@ -473,7 +483,7 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
         }
         pending.push(name);
       }
-      if (gone.length > 0) await redis.srem(keys.registryWorkers, ...gone);
+      if (gone.length > 0) await redis.srem(keys.registryWorkers, ...gone).catch(() => 0);
       if (pending.length === 0) return undefined;
       if (performance.now() > limit) {
         log('warn', 'workers did not apply an adapter change in time; they catch up later', {
@@ -530,6 +540,18 @@ function workerFailure(worker: string, error: MoeError, rolledBack: boolean): Mo
     error.code,
     `Worker ${worker} could not apply the change: ${error.message}${hint} ${after}`,
     { ...error.details, worker },
+  );
+}
+
+/** An error of the Redis link or server (not of this code, not a MoeError). */
+function isRedisFailure(error: unknown): boolean {
+  return (
+    error instanceof Error &&
+    !(error instanceof MoeError) &&
+    (error.name === 'ReplyError' ||
+      /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE/i.test(
+        error.message,
+      ))
   );
 }
 
