@@ -501,7 +501,7 @@ async function main(): Promise<void> {
     });
     benchModel = model;
     const engineInFlight = model.engine.settings.workers * model.engine.settings.pipelineDepth;
-    const items = model.prepare({ inputs: SENTENCES });
+    const items = await model.prepare({ inputs: SENTENCES });
     const lengths = items.map((item) => item.ids.length);
     const serverConfig = loadConfig({ ...process.env, ...server.env });
 

@@ -20,6 +20,10 @@ export const ERROR_CATALOGUE = {
     summary: 'The request has more inputs than the server accepts at once.',
   },
   INPUT_TOO_LONG: { status: 413, summary: 'An input has more tokens than the model accepts.' },
+  INPUT_TOTAL_TOO_LONG: {
+    status: 413,
+    summary: 'The inputs of one request have more characters in total than the server accepts.',
+  },
   INPUT_EMPTY: { status: 422, summary: 'An input text is empty.' },
   // Routing
   ROUTING_UNKNOWN_GROUP: {
@@ -37,6 +41,10 @@ export const ERROR_CATALOGUE = {
   ROUTING_INVALID_K: { status: 422, summary: 'top-k is outside 1..(adapters in the group).' },
   ROUTING_NO_ADAPTER_LEFT: { status: 422, summary: 'Excludes leave a group with no adapter.' },
   ROUTING_PIN_REQUIRED: { status: 422, summary: 'A group without a gate needs an adapter pinned.' },
+  ROUTING_CONFLICT: {
+    status: 422,
+    summary: 'Two routing fields pin different adapters in one group (e.g. task and adapters).',
+  },
   // Adapter registry
   ADAPTER_NOT_FOUND: { status: 404, summary: 'No adapter with this id is registered.' },
   ADAPTER_INVALID: { status: 422, summary: 'The adapter folder is not a valid adapter.' },

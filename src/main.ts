@@ -34,6 +34,7 @@ async function main(): Promise<void> {
     limits: {
       maxInputs: config.MAX_INPUTS,
       maxInputChars: config.MAX_INPUT_CHARS,
+      maxRequestChars: config.MAX_REQUEST_CHARS,
       requestTimeoutMs: config.REQUEST_TIMEOUT_MS,
       bodyLimitBytes: config.BODY_LIMIT_BYTES,
     },

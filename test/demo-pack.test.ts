@@ -44,7 +44,7 @@ interface Served {
 /** Runs texts through the pack as the server does: tokenizer, backbone, compiled mixture graph. */
 async function serve(pack: LoadedPack, texts: readonly string[]): Promise<Served> {
   const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
-  const ids = texts.map((t) => tokenizer.encode(t, 'truncate').ids);
+  const ids = (await tokenizer.encodeAll(texts, 'truncate')).map((e) => e.ids);
   const runner = await BackboneRunner.create(pack.backbonePath, pack.hiddenSize, 2);
   const states = await runner.states(ids).finally(() => runner.release());
   const graph = compileMixture({

@@ -40,6 +40,7 @@ const ADMIN_KEY = 'test-admin-key-0123456789';
 const LIMITS: AppOptions['limits'] = {
   maxInputs: 8,
   maxInputChars: 400,
+  maxRequestChars: 4000,
   requestTimeoutMs: 30_000,
   bodyLimitBytes: 16 * 1024,
 };
@@ -252,8 +253,10 @@ function metric(text: string, name: string, labels: Record<string, string> = {})
  * Keep the engine saturated with direct batches (outside the batcher), so that whatever the HTTP
  * side submits stays queued in the batcher until `stop()`: 4 streams > 1 worker x pipeline depth 2.
  */
-function keepEngineBusy(model: Model): { stop(): Promise<void> } {
-  const items = model.prepare({ inputs: Array.from({ length: 32 }, (_, i) => TEXTS[i % 3]!) });
+async function keepEngineBusy(model: Model): Promise<{ stop(): Promise<void> }> {
+  const items = await model.prepare({
+    inputs: Array.from({ length: 32 }, (_, i) => TEXTS[i % 3]!),
+  });
   let stopped = false;
   const stream = async () => {
     while (!stopped) await model.engine.run(items);
@@ -1169,7 +1172,7 @@ describe('deadline: 504 REQUEST_TIMEOUT', () => {
 
   it('answers 504 when the request is not answered in time, and counts it', async () => {
     // The engine is kept busy, so the item waits in the queue past its 1 ms deadline.
-    const busy = keepEngineBusy(service.model);
+    const busy = await keepEngineBusy(service.model);
     try {
       const response = await infer(service.app, { inputs: TEXTS });
       const error = assertError(response, 504, 'REQUEST_TIMEOUT');
@@ -1213,7 +1216,7 @@ describe('client disconnect on a listening server', () => {
   it('drops the queued items of clients that went away and keeps serving', async () => {
     const gone = 3;
     const batchesBefore = metric(await scrape(), 'moe_batch_size_items_sum');
-    const busy = keepEngineBusy(service.model);
+    const busy = await keepEngineBusy(service.model);
     const controllers = Array.from({ length: gone }, () => new AbortController());
     const pending = controllers.map((controller, i) =>
       fetch(`${base}/v1/infer`, {

@@ -323,18 +323,19 @@ export async function buildDemoPack(
     json(wordPieceTokenizerJson(vocab, { lowercase: true, maxLength })),
   );
   const tokenizer = await TextTokenizer.load(join(dir, 'tokenizer.json'), maxLength);
-  const encode = (text: string) => tokenizer.encode(text, 'truncate').ids;
-  const ids = sentences.map((s) => encode(s.text));
+  const encode = async (texts: readonly string[]) =>
+    (await tokenizer.encodeAll(texts, 'truncate')).map((e) => e.ids);
+  const ids = await encode(sentences.map((s) => s.text));
   // Sentences written for the project (not from the corpus) ride along for the report.
   const fresh = allLanguages.flatMap((l, lang) =>
     (FRESH_SENTENCES[l.id] ?? []).map((text) => ({ lang, text })),
   );
-  const freshIds = fresh.map((f) => encode(f.text));
+  const freshIds = await encode(fresh.map((f) => f.text));
   // The gate also learns from WordPiece-dropout copies of its training text (see augment.ts).
   const dropout = new WordPieceDropout(vocab);
   const dropoutRng = new Random(seed ^ 0xd209);
   const dropoutOptions = { ...config.gate.dropout, lowercase: true, maxLength };
-  const gateIds = gateText.map((g) => encode(g.text));
+  const gateIds = await encode(gateText.map((g) => g.text));
   const gateLabels = gateText.map((g) => g.lang);
   for (let copy = 0; copy < config.gate.dropoutCopies; copy++) {
     for (const g of gateText) {

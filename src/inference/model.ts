@@ -41,6 +41,11 @@ export interface InferRequest {
   readonly exclude?: readonly string[];
   /** Adapters mixed in every gated group that is not pinned; default: each group's default_k. */
   readonly topK?: number;
+  /**
+   * Pins that come with the model id the client named (`<model>:<adapter>[+...]`, see
+   * http/compositions.ts), kept apart from `adapters` so that a conflict names the model id.
+   */
+  readonly composition?: { readonly id: string; readonly pins: Readonly<Record<string, string>> };
 }
 
 export interface InferResult {
@@ -115,38 +120,12 @@ export class ModelFrontend {
   }
 
   /**
-   * Validate the request's routing wishes and tokenize its inputs. Throws MoeError (4xx) for the
+   * Validate the request's routing wishes and tokenize its inputs (off the JS thread; the work
+   * per input is bounded by max_length, see TextTokenizer). Rejects with MoeError (4xx) for the
    * first problem; nothing is queued then.
    */
-  prepare(request: InferRequest): PreparedItem[] {
-    const pins: Record<string, string> = {};
-    let tasks: string[] | undefined;
-    if (request.task !== undefined) {
-      const head = this.pack.heads.find((h) => h.id === request.task);
-      if (head === undefined) {
-        const choices = this.pack.heads.map((h) => h.id);
-        throw new MoeError(
-          'ROUTING_UNKNOWN_TASK',
-          `Unknown task '${request.task}'; this model's tasks are: ${choices.join(', ')}.`,
-          { field: 'task', choices },
-        );
-      }
-      tasks = [head.id];
-      if (head.pin !== undefined) pins[head.pin.group] = head.pin.adapter;
-    }
-    if (request.language !== undefined) {
-      if (!this.pack.groups.some((g) => g.id === 'language')) {
-        throw new MoeError(
-          'ROUTING_UNKNOWN_GROUP',
-          `This model has no 'language' adapter group; drop 'language'.`,
-          {
-            field: 'language',
-          },
-        );
-      }
-      pins.language = request.language;
-    }
-    Object.assign(pins, request.adapters);
+  async prepare(request: InferRequest): Promise<PreparedItem[]> {
+    const { pins, task } = this.pinsOf(request);
     const k: Record<string, number> = {};
     if (request.topK !== undefined) {
       for (const group of this.layout.groups) {
@@ -163,7 +142,7 @@ export class ModelFrontend {
     routeItem(this.layout, routing);
     // Without a task, answer the heads whose adapter this routing really uses: a head trained on
     // its own task adapter says little when run through another one.
-    tasks ??= this.headsServedBy(pins);
+    const tasks = task === undefined ? this.headsServedBy(pins) : [task];
     if (request.tokenIds !== undefined) {
       if (request.inputs.length > 0) {
         throw new MoeError('INPUT_INVALID', 'Send texts or token ids in one request, not both.', {
@@ -180,19 +159,76 @@ export class ModelFrontend {
         return { ids: encoded.ids, routing, truncated: encoded.truncated, tasks };
       });
     }
-    return request.inputs.map((text, index) => {
-      if (text.trim().length === 0) {
+    request.inputs.forEach((text, index) => {
+      // A regex that stops at the first non-space, not a trim() that copies the whole text.
+      if (!/\S/.test(text)) {
         throw new MoeError(
           'INPUT_EMPTY',
           `inputs[${index}] is empty; send text with at least one word.`,
-          {
-            field: `inputs[${index}]`,
-          },
+          { field: `inputs[${index}]` },
         );
       }
-      const encoded = this.tokenizer.encode(text, this.truncation, index);
-      return { ids: encoded.ids, routing, truncated: encoded.truncated, tasks };
     });
+    const encoded = await this.tokenizer.encodeAll(request.inputs, this.truncation);
+    return encoded.map((e) => ({ ids: e.ids, routing, truncated: e.truncated, tasks }));
+  }
+
+  /**
+   * The adapters a request pins, per group, from every field that pins one: the model id (a
+   * composition such as `demo:de`), `task` (the adapter its head pins), `language` and
+   * `adapters`. Two fields pinning different adapters in one group is ROUTING_CONFLICT (422)
+   * naming both: running the article head through the theme adapter answers neither question.
+   */
+  private pinsOf(request: InferRequest): { pins: Record<string, string>; task?: string } {
+    const chosen: Record<string, { adapter: string; field: string; says: string }> = {};
+    const pin = (group: string, adapter: string, field: string, says: string) => {
+      const earlier = chosen[group];
+      if (earlier === undefined) {
+        chosen[group] = { adapter, field, says };
+      } else if (earlier.adapter !== adapter) {
+        throw new MoeError(
+          'ROUTING_CONFLICT',
+          `Conflicting routing in group '${group}': ${earlier.says}, but ${says}; drop one of the two.`,
+          { field, group, conflict: [earlier.field, field], adapters: [earlier.adapter, adapter] },
+        );
+      }
+    };
+    const composition = request.composition;
+    for (const [group, adapter] of Object.entries(composition?.pins ?? {})) {
+      pin(group, adapter, 'model', `model '${composition!.id}' pins ${group}=${adapter}`);
+    }
+    let task: string | undefined;
+    if (request.task !== undefined) {
+      const head = this.pack.heads.find((h) => h.id === request.task);
+      if (head === undefined) {
+        const choices = this.pack.heads.map((h) => h.id);
+        throw new MoeError(
+          'ROUTING_UNKNOWN_TASK',
+          `Unknown task '${request.task}'; this model's tasks are: ${choices.join(', ')}.`,
+          { field: 'task', choices },
+        );
+      }
+      task = head.id;
+      if (head.pin !== undefined) {
+        const { group, adapter } = head.pin;
+        pin(group, adapter, 'task', `task '${head.id}' runs through ${group}=${adapter}`);
+      }
+    }
+    if (request.language !== undefined) {
+      if (!this.pack.groups.some((g) => g.id === 'language')) {
+        throw new MoeError(
+          'ROUTING_UNKNOWN_GROUP',
+          `This model has no 'language' adapter group; drop 'language'.`,
+          { field: 'language' },
+        );
+      }
+      pin('language', request.language, 'language', `language asks for ${request.language}`);
+    }
+    for (const [group, adapter] of Object.entries(request.adapters ?? {})) {
+      pin(group, adapter, `adapters.${group}`, `adapters.${group} asks for ${adapter}`);
+    }
+    const pins = Object.fromEntries(Object.entries(chosen).map(([g, c]) => [g, c.adapter]));
+    return task === undefined ? { pins } : { pins, task };
   }
 
   describe(): ModelDescription {
@@ -270,7 +306,7 @@ export class Model extends ModelFrontend {
 
   /** Tokenize, route and run `request.inputs` in one batch. */
   async infer(request: InferRequest): Promise<InferResult[]> {
-    return this.runPrepared(this.prepare(request));
+    return this.runPrepared(await this.prepare(request));
   }
 
   close(): Promise<void> {

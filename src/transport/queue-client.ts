@@ -153,7 +153,7 @@ export class QueueInference implements Inference, JobQueue {
   async infer(request: InferRequest, options: InferOptions): Promise<InferAnswer> {
     this.assertOpen();
     const t0 = performance.now();
-    const items = this.front.prepare(request);
+    const items = await this.front.prepare(request);
     const tokenizeMs = performance.now() - t0;
     this.metrics.stageDuration.observe({ stage: 'tokenize' }, tokenizeMs / 1000);
     if (items.length === 0) {
@@ -226,7 +226,7 @@ export class QueueInference implements Inference, JobQueue {
     options: { readonly returnFields: readonly ReturnField[] },
   ): Promise<JobStatus> {
     this.assertOpen();
-    const items = this.front.prepare(request);
+    const items = await this.front.prepare(request);
     if (items.length === 0) {
       throw new MoeError('INPUT_INVALID', 'The request has no inputs; send at least one.', {
         field: 'inputs',

@@ -60,6 +60,7 @@ export async function buildTestService(options: TestServiceOptions): Promise<Tes
     limits: {
       maxInputs: 16,
       maxInputChars: 2000,
+      maxRequestChars: 64_000,
       requestTimeoutMs: 30_000,
       bodyLimitBytes: 256 * 1024,
       ...options.limits,
