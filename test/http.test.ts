@@ -23,7 +23,12 @@ import {
   writeAdapterFolder,
 } from '../src/pack/fixture.js';
 import { Random } from '../src/util/random.js';
-import { buildTestService, type TestService } from './support/listening-app.js';
+import {
+  buildTestService,
+  keepEngineBusy,
+  type TestService,
+  until,
+} from './support/listening-app.js';
 
 // --- helpers ------------------------------------------------------------------------------------
 
@@ -247,40 +252,6 @@ function metric(text: string, name: string, labels: Record<string, string> = {})
     }
   }
   return found ? total : 0;
-}
-
-/**
- * Keep the engine saturated with direct batches (outside the batcher), so that whatever the HTTP
- * side submits stays queued in the batcher until `stop()`: 4 streams > 1 worker x pipeline depth 2.
- */
-async function keepEngineBusy(model: Model): Promise<{ stop(): Promise<void> }> {
-  const items = await model.prepare({
-    inputs: Array.from({ length: 32 }, (_, i) => TEXTS[i % 3]!),
-  });
-  let stopped = false;
-  const stream = async () => {
-    while (!stopped) await model.engine.run(items);
-  };
-  const streams = [stream(), stream(), stream(), stream()];
-  assert.equal(model.engine.freeCapacity, 0, 'the engine still has room');
-  return {
-    async stop() {
-      stopped = true;
-      await Promise.all(streams);
-    },
-  };
-}
-
-async function until(
-  what: string,
-  check: () => Promise<boolean>,
-  timeoutMs = 15_000,
-): Promise<void> {
-  const end = performance.now() + timeoutMs;
-  while (!(await check())) {
-    if (performance.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
 }
 
 // --- tests --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@
  * fixed, JSON is written with fixed key order, and no time or path goes into a file (timings are
  * logged only).
  */
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { TextTokenizer } from '../inference/tokenizer.js';
 import { buildEncoder } from '../onnx/encoder.js';
@@ -51,6 +51,7 @@ import {
   THEME_LABELS,
   THEMES,
 } from './corpus.js';
+import { buildOnce, DEMO_REPORT_FILE, demoPackPresent } from './ensure.js';
 import { argmax, createPredictor, type DemoParts } from './forward.js';
 import { FRESH_SENTENCES } from './fresh.js';
 import {
@@ -69,7 +70,7 @@ import {
   trainMixture,
 } from './train.js';
 
-export const DEMO_REPORT_FILE = 'report.json';
+export { DEMO_REPORT_FILE };
 export const DEMO_PACK_VERSION = '1.0.0';
 
 export interface DemoBuildConfig {
@@ -677,21 +678,29 @@ async function assertReplaceable(dir: string): Promise<void> {
 }
 
 /**
- * Builds the demo pack in `dir` when it has no manifest.json or report.json (the server and the CLI
- * call this before loading it), logging progress. Returns true when it built.
+ * Builds the demo pack in `dir` when it has no manifest.json or report.json (the server, the worker
+ * and the CLI call this before loading it), logging progress. Returns true when this process
+ * built it. Processes that start together (`npm start` and `npm run worker` on one checkout) build
+ * it once: one holds the lock and builds in a staging folder of its own, the others wait and use
+ * its pack (see ensure.ts).
  */
 export async function ensureDemoPack(
   dir: string,
   log: (line: string) => void = (line) => process.stderr.write(`${line}\n`),
   config: DemoBuildConfig = FULL_CONFIG,
 ): Promise<boolean> {
-  const present = async (file: string) =>
-    stat(join(dir, file)).then(
-      (s) => s.isFile(),
-      () => false,
-    );
-  if ((await present(MANIFEST_FILE)) && (await present(DEMO_REPORT_FILE))) return false;
-  log(`[demo] no demo pack in ${dir}: building it (about 2 minutes on 2 cores)`);
-  await buildDemoPack(dir, { log, config });
-  return true;
+  if (await demoPackPresent(dir)) return false;
+  return buildOnce(dir, {
+    present: demoPackPresent,
+    assertReplaceable,
+    log,
+    build: async (staging) => {
+      log(`[demo] no demo pack in ${dir}: building it (about 2 minutes on 2 cores)`);
+      try {
+        await buildDemoPack(staging, { log, config });
+      } finally {
+        await rm(`${staging}.building`, { recursive: true, force: true }); // after a failure
+      }
+    },
+  });
 }
