@@ -610,7 +610,7 @@ describe('the HTTP thread while requests of 200 inputs x 15,000 characters flow'
     const body = JSON.stringify({ inputs });
     assert.ok(body.length > 3_000_000);
     // Warm-up: the first answers of a route compile its serializers; that is not the measure.
-    for (const warm of [["hello"], inputs.slice(0, 2)]) {
+    for (const warm of [['hello'], inputs.slice(0, 2)]) {
       const response = await fetch(`${base}/v1/infer`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
@@ -631,7 +631,17 @@ describe('the HTTP thread while requests of 200 inputs x 15,000 characters flow'
     for (const outcome of outcomes)
       assert.deepEqual(outcome, { status: 200, truncated: 200, results: 200 });
     latencies.sort((a, b) => a - b);
-    console.log("TOP", latencies.slice(-12).map((x) => x.toFixed(0)).join(" "), "n", latencies.length, "req", outcomes.length);
+    console.log(
+      'TOP',
+      latencies
+        .slice(-12)
+        .map((x) => x.toFixed(0))
+        .join(' '),
+      'n',
+      latencies.length,
+      'req',
+      outcomes.length,
+    );
     const p99 = latencies[Math.floor(latencies.length * 0.99)]!;
     assert.ok(latencies.length > 100, `${latencies.length} probes`);
     assert.ok(

@@ -13,7 +13,6 @@ import { after, before, describe, it } from 'node:test';
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import type { AppOptions } from '../src/app.js';
-import type { Model } from '../src/inference/model.js';
 import type { EmbeddedOptions } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
 import {
