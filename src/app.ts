@@ -14,6 +14,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import { MoeError } from './errors.js';
 import { handleError } from './http/error-handler.js';
 import { jobRoutes } from './http/job-routes.js';
+import { installJsonBodyParser, jsonBodyParser } from './http/json-body.js';
 import { kserveRoutes } from './http/kserve-routes.js';
 import { nativeRoutes } from './http/native-routes.js';
 import { openaiRoutes } from './http/openai-routes.js';
@@ -46,8 +47,11 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     return503OnClosing: false,
   });
 
-  // JSON only: a text/plain body is a 415, not a string that fails validation later.
+  // JSON only: a text/plain body is a 415, not a string that fails validation later. Large JSON
+  // bodies are decoded and parsed off the HTTP thread (json-body.ts).
   app.removeContentTypeParser('text/plain');
+  const parseJson = jsonBodyParser(app);
+  installJsonBodyParser(app, parseJson);
   app.setErrorHandler(handleError);
   app.setNotFoundHandler((request, reply) => {
     const error = new MoeError(
@@ -134,6 +138,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
   await app.register(kserveRoutes, {
     inference: options.inference,
+    parseJson,
     adminApiKey: options.adminApiKey,
     adapterRoot: options.adapterRoot,
     version: options.version ?? '0.1.0',

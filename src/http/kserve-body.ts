@@ -4,28 +4,28 @@
  * header of Inference-Header-Content-Length bytes, then tensor data) under
  * application/octet-stream or application/json; and bodies with no content-type at all (what
  * tritonclient sends), read the same way. An empty body is an empty JSON object, since
- * tritonclient posts the repository index with none. Other content types stay a 415.
+ * tritonclient posts the repository index with none. Other content types stay a 415. The JSON
+ * part is parsed by the app's parser (json-body.ts: large ones off the HTTP thread).
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { MoeError } from '../errors.js';
+import type { JsonBodyParser } from './json-body.js';
 import { HEADER_LENGTH, splitBody } from './kserve-binary.js';
 
 /** The binary data after the JSON header of each request that had some. */
 export type BinaryTails = WeakMap<FastifyRequest, Buffer>;
 
-export function installKServeBodyParsers(app: FastifyInstance): BinaryTails {
+export function installKServeBodyParsers(
+  app: FastifyInstance,
+  parseJson: JsonBodyParser,
+): BinaryTails {
   const tails: BinaryTails = new WeakMap();
-  const parseJson = app.getDefaultJsonParser('error', 'ignore');
   const parse = (request: FastifyRequest, raw: Buffer): Promise<unknown> => {
     const length = request.headers[HEADER_LENGTH];
     const { header, tail } = splitBody(raw, Array.isArray(length) ? length[0] : length);
     if (tail.length > 0) tails.set(request, tail);
     if (header.length === 0) return Promise.resolve({});
-    return new Promise((resolve, reject) => {
-      parseJson(request, header.toString('utf8'), (error, value) =>
-        error ? reject(error) : resolve(value),
-      );
-    });
+    return parseJson(request, header);
   };
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser(

@@ -22,6 +22,7 @@ import { MoeError } from '../errors.js';
 import type { Inference } from '../inference/service.js';
 import { adminGuard, insideRoot } from './admin-auth.js';
 import { compositionId, resolveComposition } from './compositions.js';
+import type { JsonBodyParser } from './json-body.js';
 import { HEADER_LENGTH, joinBody } from './kserve-binary.js';
 import { installKServeBodyParsers } from './kserve-body.js';
 import {
@@ -49,6 +50,8 @@ import { toInferRequest } from './wire.js';
 
 export interface KServeRouteOptions {
   readonly inference: Inference;
+  /** The app's JSON parser (large bodies off the HTTP thread), for the JSON header of a body. */
+  readonly parseJson: JsonBodyParser;
   readonly adminApiKey: string | undefined;
   readonly adapterRoot: string;
   /** Server version for GET /v2. */
@@ -67,7 +70,7 @@ export async function kserveRoutes(
   const api = app.withTypeProvider<TypeBoxTypeProvider>();
   const { inference } = options;
   const admin = adminGuard(options.adminApiKey);
-  const tails = installKServeBodyParsers(app);
+  const tails = installKServeBodyParsers(app, options.parseJson);
 
   api.get(
     '/v2/health/live',

@@ -19,7 +19,7 @@
  * is either cut to fit, keeping the special tokens the tokenizer adds around the text ([CLS] ...
  * [SEP]), and flagged `truncated: true`, or rejected with INPUT_TOO_LONG naming the limit.
  */
-import { Tokenizer } from 'tokenizers';
+import { type Encoding, Tokenizer } from 'tokenizers';
 import { MoeError } from '../errors.js';
 
 export type TruncationPolicy = 'truncate' | 'reject';
@@ -108,7 +108,7 @@ export class TextTokenizer {
           content[i] = ids; // the whole text
           return;
         }
-        const trusted = ids.length - trailingWordLength(encoding.getWordIds());
+        const trusted = tokensBeforeLastWord(encoding);
         if (trusted >= want) content[i] = ids.slice(0, want);
         else again.push({ i, chars: chars * 2 });
       });
@@ -171,12 +171,18 @@ function cutPoint(text: string, chars: number): number {
   return code >= 0xd800 && code <= 0xdbff ? chars - 1 : chars;
 }
 
-/** Tokens at the end that belong to the last word (special/added tokens have no word id). */
-function trailingWordLength(wordIds: readonly (number | null | undefined)[]): number {
-  const last = wordIds.at(-1);
-  let n = 0;
-  while (n < wordIds.length && wordIds[wordIds.length - 1 - n] === last) n++;
-  return n;
+/**
+ * How many tokens come before the last word's. Two small native calls, not the word id of every
+ * token: building that array cost as much as the ids themselves on the HTTP thread. An added
+ * token at the end (no word) is dropped alone: the added-token split comes before the
+ * pre-tokenizer, so what precedes it is complete.
+ */
+function tokensBeforeLastWord(encoding: Encoding): number {
+  const length = encoding.getLength();
+  if (length === 0) return 0;
+  const word = encoding.tokenToWord(length - 1);
+  if (word === null) return length - 1;
+  return encoding.wordToTokens(word)?.[0] ?? 0;
 }
 
 function indexOfRun(haystack: readonly number[], needle: readonly number[]): number {
