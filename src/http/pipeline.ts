@@ -46,7 +46,7 @@ export interface InferenceContext {
   timings: Timings | undefined;
 }
 
-export interface InferOptions {
+export interface RouteInferOptions {
   /** A shorter deadline the client asked for (ms from arrival); the configured one caps it. */
   readonly timeoutMs?: number | undefined;
 }
@@ -60,7 +60,7 @@ declare module 'fastify' {
     /** Set by the pipeline on inference routes; null elsewhere. */
     inferenceContext: InferenceContext | null;
     /** Limits, deadline and client-gone applied: run `request` (see the header). */
-    infer(request: InferRequest, options?: InferOptions): Promise<InferAnswer>;
+    infer(request: InferRequest, options?: RouteInferOptions): Promise<InferAnswer>;
   }
 }
 
@@ -75,7 +75,7 @@ export function installInferencePipeline(
     async function infer(
       this: FastifyRequest,
       request: InferRequest,
-      inferOptions: InferOptions = {},
+      inferOptions: RouteInferOptions = {},
     ): Promise<InferAnswer> {
       const context = this.inferenceContext;
       if (context === null) {
