@@ -6,6 +6,7 @@
  * concurrency 1 its p50 latency is <= the engine's batch-of-one time + 2 ms.
  *
  *   npm run bench:http [-- --rounds 3 --requests 256 --workers 1 --threads 2 --pack models/demo]
+ *                      [--baseline /path/to/another/build/dist/src/main.js]
  *
  * - Servers run in child processes (`node dist/src/main.js`, and the naive server), listening on
  *   127.0.0.1, so the load generator does not share their event loop. They still share the cores:
@@ -18,6 +19,9 @@
  *   (what the batcher does); at concurrency 1 one item at a time, awaited.
  * - Rounds interleave server, engine alone and naive at each level, so machine noise hits them
  *   alike; results are medians over rounds, ratios are medians of the per-round ratios.
+ * - `--baseline`: a second server from another build (e.g. the commit before a change, built in
+ *   its own folder) runs the same load right after the server in every round and level, so a
+ *   before/after comparison shares one run; its figures and the per-round ratios are reported.
  * - The pack: --pack, else models/demo when built, else a fixture pack of the demo's size
  *   (d 256, 4 layers, 4 heads, 128 tokens) with random weights, in a temp folder.
  *
@@ -49,6 +53,7 @@ const { values } = parseArgs({
     threads: { type: 'string' },
     pack: { type: 'string' },
     'max-seconds': { type: 'string', default: '300' },
+    baseline: { type: 'string' },
   },
 });
 const ROUNDS = positiveInt('rounds', values.rounds);
@@ -135,6 +140,7 @@ function exitedError(name: string, child: ChildProcess): Error {
 
 async function startServer(
   packDir: string,
+  script = new URL('../src/main.js', import.meta.url),
 ): Promise<{ child: ChildProcess; port: number; env: Record<string, string> }> {
   const port = await freePort();
   const env = {
@@ -145,7 +151,8 @@ async function startServer(
     ENGINE_WORKERS: String(WORKERS),
     ENGINE_THREADS: String(THREADS),
   };
-  const child = startChild('server', new URL('../src/main.js', import.meta.url), env);
+  const name = script.pathname.endsWith('/dist/src/main.js') ? 'server' : 'baseline';
+  const child = startChild(name, script, env);
   const deadline = performance.now() + STARTUP_LIMIT_MS;
   const agent = new Agent({ keepAlive: false });
   while (performance.now() < deadline) {
@@ -484,6 +491,7 @@ interface Rounds {
   server: HttpPhase[];
   engine: EnginePhase[];
   naive: HttpPhase[];
+  baseline: HttpPhase[];
 }
 
 async function main(): Promise<void> {
@@ -494,6 +502,10 @@ async function main(): Promise<void> {
   try {
     log(`[bench] pack ${pack.dir}; engine ${WORKERS} worker(s) x ${THREADS} thread(s)`);
     const server = await startServer(pack.dir);
+    const baseline =
+      values.baseline === undefined
+        ? undefined
+        : await startServer(pack.dir, new URL(`file://${resolve(values.baseline)}`));
     const naive = await startNaive(pack.dir);
     model = await Model.open({
       packDir: pack.dir,
@@ -501,7 +513,7 @@ async function main(): Promise<void> {
     });
     benchModel = model;
     const engineInFlight = model.engine.settings.workers * model.engine.settings.pipelineDepth;
-    const items = model.prepare({ inputs: SENTENCES });
+    const items = await model.prepare({ inputs: SENTENCES });
     const lengths = items.map((item) => item.ids.length);
     const serverConfig = loadConfig({ ...process.env, ...server.env });
 
@@ -518,7 +530,7 @@ async function main(): Promise<void> {
     );
 
     const byLevel = new Map<number, Rounds>(
-      LEVELS.map((c) => [c, { server: [], engine: [], naive: [] }]),
+      LEVELS.map((c) => [c, { server: [], engine: [], naive: [], baseline: [] }]),
     );
     let roundsDone = 0;
     for (let round = 0; round < ROUNDS; round++) {
@@ -533,6 +545,14 @@ async function main(): Promise<void> {
         const offset = round * 7; // a different first sentence each round, same for all three
         const s = await httpPhase(server.port, server.child.pid, c, offset, true);
         if (!alive(server.child)) throw exitedError('the server', server.child);
+        if (baseline !== undefined) {
+          const b = await httpPhase(baseline.port, baseline.child.pid, c, offset, true);
+          if (!alive(baseline.child)) throw exitedError('the baseline server', baseline.child);
+          rounds.baseline.push(b);
+          log(
+            `[bench] round ${round + 1}/${ROUNDS} c=${c}: baseline ${b.rps.toFixed(0)} rps (batch ${b.meanBatch?.toFixed(1)}, p50 ${b.p50.toFixed(2)} ms)`,
+          );
+        }
         const batch = c === 1 ? 1 : Math.max(1, Math.round(s.meanBatch ?? 1));
         const e = await enginePhase(model, items, batch, c === 1 ? 1 : engineInFlight, offset);
         const n = await httpPhase(naive.port, naive.child.pid, c, offset, false);
@@ -546,7 +566,11 @@ async function main(): Promise<void> {
       }
       roundsDone++;
     }
-    await Promise.all([stopChild(server.child), stopChild(naive.child)]);
+    await Promise.all(
+      [server, naive, baseline].map((child) =>
+        child === undefined ? undefined : stopChild(child.child),
+      ),
+    );
 
     const results: Record<string, unknown> = {};
     const ratios: Record<string, unknown> = {};
@@ -612,6 +636,23 @@ async function main(): Promise<void> {
           cut_short: r.naive.some((p) => p.cutShort),
           rounds_rps: r.naive.map((p) => Math.round(p.rps)),
         },
+        ...(r.baseline.length === 0
+          ? {}
+          : {
+              baseline: {
+                script: values.baseline,
+                throughput_rps: med(
+                  r.baseline.map((p) => p.rps),
+                  0,
+                ),
+                p50_ms: med(r.baseline.map((p) => p.p50)),
+                p99_ms: med(r.baseline.map((p) => p.p99)),
+                mean_batch: med(r.baseline.map((p) => p.meanBatch ?? Number.NaN)),
+                cpu_ms_per_request: med(r.baseline.map((p) => p.cpuMsPerRequest)),
+                errors: sumErrors(r.baseline),
+                rounds_p50_ms: r.baseline.map((p) => round2(p.p50)),
+              },
+            }),
       };
       ratios[`concurrency_${c}`] = {
         server_over_engine_alone: round3(
@@ -626,6 +667,16 @@ async function main(): Promise<void> {
         cpu_per_item_naive_over_server: round3(
           median(r.server.map((p, i) => r.naive[i]!.cpuMsPerRequest / p.cpuMsPerRequest)),
         ),
+        ...(r.baseline.length === 0
+          ? {}
+          : {
+              server_p50_over_baseline: round3(
+                median(r.server.map((p, i) => p.p50 / r.baseline[i]!.p50)),
+              ),
+              server_rps_over_baseline: round3(
+                median(r.server.map((p, i) => p.rps / r.baseline[i]!.rps)),
+              ),
+            }),
       };
     }
 

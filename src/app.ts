@@ -4,7 +4,9 @@
  * call `app.inject(...)`.
  *
  * Cross-cutting work lives here once: the error handler (every error becomes a catalogue code),
- * the 404 handler, request metrics (onResponse), and the OpenAPI document (from the route schemas).
+ * the 404 handler, draining (onRequest), request metrics (onResponse), the request pipeline of
+ * the inference routes of every family (limits, deadline, client gone, server-timing; see
+ * http/pipeline.ts), and the OpenAPI document (from the route schemas).
  */
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
@@ -12,10 +14,12 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import { MoeError } from './errors.js';
 import { handleError } from './http/error-handler.js';
 import { jobRoutes } from './http/job-routes.js';
+import { installJsonBodyParser, jsonBodyParser } from './http/json-body.js';
 import { kserveRoutes } from './http/kserve-routes.js';
 import { nativeRoutes } from './http/native-routes.js';
 import { openaiRoutes } from './http/openai-routes.js';
 import { opsRoutes } from './http/ops-routes.js';
+import { installInferencePipeline, type RouteLimits } from './http/pipeline.js';
 import type { Inference, JobQueue } from './inference/service.js';
 import type { Metrics } from './metrics.js';
 
@@ -24,12 +28,7 @@ export interface AppOptions {
   /** Durable jobs (queue mode); undefined: /v1/jobs answers 501 QUEUE_MODE_REQUIRED. */
   readonly jobs?: JobQueue | undefined;
   readonly metrics: Metrics;
-  readonly limits: {
-    readonly maxInputs: number;
-    readonly maxInputChars: number;
-    readonly requestTimeoutMs: number;
-    readonly bodyLimitBytes: number;
-  };
+  readonly limits: RouteLimits & { readonly bodyLimitBytes: number };
   readonly adminApiKey: string | undefined;
   readonly adapterRoot: string;
   /** Fastify logger setting; false in tests. */
@@ -48,8 +47,11 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     return503OnClosing: false,
   });
 
-  // JSON only: a text/plain body is a 415, not a string that fails validation later.
+  // JSON only: a text/plain body is a 415, not a string that fails validation later. Large JSON
+  // bodies are decoded and parsed off the HTTP thread (json-body.ts).
   app.removeContentTypeParser('text/plain');
+  const parseJson = jsonBodyParser(app);
+  installJsonBodyParser(app, parseJson);
   app.setErrorHandler(handleError);
   app.setNotFoundHandler((request, reply) => {
     const error = new MoeError(
@@ -121,23 +123,22 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
+  installInferencePipeline(app, { inference: options.inference, limits: options.limits });
 
   const createdAt = Math.floor(Date.now() / 1000);
   await app.register(nativeRoutes, {
     inference: options.inference,
-    limits: options.limits,
     adminApiKey: options.adminApiKey,
     adapterRoot: options.adapterRoot,
     createdAt,
   });
   await app.register(openaiRoutes, {
     inference: options.inference,
-    limits: options.limits,
     createdAt,
   });
   await app.register(kserveRoutes, {
     inference: options.inference,
-    limits: options.limits,
+    parseJson,
     adminApiKey: options.adminApiKey,
     adapterRoot: options.adapterRoot,
     version: options.version ?? '0.1.0',

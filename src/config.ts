@@ -135,6 +135,11 @@ export const VARIABLES = {
     parse: int(1, 10_000_000),
     doc: 'Most characters in one input (413 beyond); long inputs are also cut or refused at the pack max_length in tokens.',
   },
+  MAX_REQUEST_CHARS: {
+    default: 4_000_000,
+    parse: int(1, 1 << 30),
+    doc: "Most characters over all inputs of one request (413 INPUT_TOTAL_TOO_LONG beyond), checked before any tokenizing. Tokenizing stops near the pack's max_length per input anyway; this bounds what one request may make the server copy and hold. Lower it to refuse bulk requests early.",
+  },
   BODY_LIMIT_BYTES: {
     default: 4 * 1024 * 1024,
     parse: int(1024, 1 << 30),

@@ -20,6 +20,10 @@ export const ERROR_CATALOGUE = {
     summary: 'The request has more inputs than the server accepts at once.',
   },
   INPUT_TOO_LONG: { status: 413, summary: 'An input has more tokens than the model accepts.' },
+  INPUT_TOTAL_TOO_LONG: {
+    status: 413,
+    summary: 'The inputs of one request have more characters in total than the server accepts.',
+  },
   INPUT_EMPTY: { status: 422, summary: 'An input text is empty.' },
   // Routing
   ROUTING_UNKNOWN_GROUP: {

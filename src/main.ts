@@ -34,6 +34,7 @@ async function main(): Promise<void> {
     limits: {
       maxInputs: config.MAX_INPUTS,
       maxInputChars: config.MAX_INPUT_CHARS,
+      maxRequestChars: config.MAX_REQUEST_CHARS,
       requestTimeoutMs: config.REQUEST_TIMEOUT_MS,
       bodyLimitBytes: config.BODY_LIMIT_BYTES,
     },
@@ -67,12 +68,16 @@ async function main(): Promise<void> {
         process.exit(1);
       }, config.SHUTDOWN_TIMEOUT_MS);
       timer.unref();
-      const httpClosed = app.close(); // stops accepting; in-flight requests go on
+      // Stop accepting (requests on open connections get 503 DRAINING from then on) and answer
+      // every request already taken. The service stays open meanwhile: a request that arrived
+      // before the signal may still be reading its body or tokenizing, and must not meet a
+      // closed service. Keep-alive connections that go idle (their answer sent) or never sent a
+      // request would hold the close open until they time out: close them as they go idle.
+      const sweep = setInterval(() => app.server.closeIdleConnections(), 100);
+      sweep.unref();
+      await app.close();
+      clearInterval(sweep);
       await inference.close(); // embedded: drains the batcher, stops engine workers; queue: closes Redis links
-      // Every accepted request has its answer now. Keep-alive connections that never sent a
-      // request would hold server.close() open: give answers a moment to flush, then cut them.
-      setTimeout(() => app.server.closeAllConnections(), 1000).unref();
-      await httpClosed;
       app.log.info('stopped');
       process.exit(0);
     })();

@@ -108,10 +108,10 @@ describe('engine on a fixture pack', () => {
     const [first, second] = languages;
     const pinningHead = model.pack.heads.find((head) => head.pin !== undefined)!;
     const items = [
-      ...model.prepare({ inputs: [TEXTS[0]!], adapters: { language: second! } }),
-      ...model.prepare({ inputs: [TEXTS[0]!], exclude: [first!, second!], topK: 2 }),
-      ...model.prepare({ inputs: [TEXTS[0]!], topK: languages.length }),
-      ...model.prepare({ inputs: [TEXTS[0]!], task: pinningHead.id }),
+      ...(await model.prepare({ inputs: [TEXTS[0]!], adapters: { language: second! } })),
+      ...(await model.prepare({ inputs: [TEXTS[0]!], exclude: [first!, second!], topK: 2 })),
+      ...(await model.prepare({ inputs: [TEXTS[0]!], topK: languages.length })),
+      ...(await model.prepare({ inputs: [TEXTS[0]!], task: pinningHead.id })),
     ];
     const outcome = await model.engine.run(items);
     const results = outcome.items.map((item) => {
@@ -136,7 +136,7 @@ describe('engine on a fixture pack', () => {
   });
 
   it('fails only the item whose routing is invalid', async () => {
-    const good = model.prepare({ inputs: [TEXTS[1]!] });
+    const good = await model.prepare({ inputs: [TEXTS[1]!] });
     const bad = { ...good[0]!, routing: { pins: { language: 'no-such-adapter' } } };
     const outcome = await model.engine.run([good[0]!, bad, good[0]!]);
     assert.ok(outcome.items[0]!.ok && outcome.items[2]!.ok);
@@ -151,19 +151,16 @@ describe('engine on a fixture pack', () => {
     const [result] = await model.infer({ inputs: [long] });
     assert.equal(result!.truncated, true);
     assert.equal(result!.tokens, model.pack.maxLength);
-    assert.throws(
-      () => model.tokenizer.encode(long, 'reject', 3),
-      (error: MoeError) => {
-        assert.equal(error.code, 'INPUT_TOO_LONG');
-        assert.match(error.message, /inputs\[3\]/);
-        return true;
-      },
-    );
+    await assert.rejects(model.tokenizer.encode(long, 'reject', 3), (error: MoeError) => {
+      assert.equal(error.code, 'INPUT_TOO_LONG');
+      assert.match(error.message, /inputs\[3\]/);
+      return true;
+    });
   });
 
   it('restarts a crashed worker, failing only the batch it was running', async () => {
     const restarts = model.engine.workerRestarts;
-    const items = model.prepare({ inputs: TEXTS });
+    const items = await model.prepare({ inputs: TEXTS });
     // Both workers get a crash order queued ahead of whatever they run next.
     model.engine.crashWorkerForTest(0);
     model.engine.crashWorkerForTest(1);
@@ -300,9 +297,10 @@ describe('adapter registry', () => {
     const stream = async () => {
       while (!stop) {
         const outcome = await model.engine.run(
-          model
-            .prepare({ inputs: TEXTS })
-            .map((item) => ({ ...item, routing: { pins: { language: 'hot' } } })),
+          (await model.prepare({ inputs: TEXTS })).map((item) => ({
+            ...item,
+            routing: { pins: { language: 'hot' } },
+          })),
         );
         for (const [i, item] of outcome.items.entries()) {
           if (!item.ok) {
@@ -400,8 +398,9 @@ describe('slots: more adapters than slots', () => {
   });
 
   it('one batch needing more pin-only adapters than free slots: the rest get a retriable 503', async () => {
+    const [prepared] = await model.prepare({ inputs: [TEXTS[1]!] });
     const items = ids.slice(0, 2).map((id) => ({
-      ...model.prepare({ inputs: [TEXTS[1]!] })[0]!,
+      ...prepared!,
       routing: { pins: { language: id } },
     }));
     const outcome = await model.engine.run(items);
@@ -419,7 +418,7 @@ describe('engine watchdog', () => {
       engine: { workers: 1, intraOpThreads: 1, batchTimeoutMs: 300, allowFaultInjection: true },
     });
     try {
-      const items = model.prepare({ inputs: TEXTS });
+      const items = await model.prepare({ inputs: TEXTS });
       await model.engine.run(items);
       model.engine.stallWorkerForTest(0, 2000);
       const error = await rejectsWith(model.engine.run(items), 'ENGINE_TIMEOUT');
@@ -438,7 +437,7 @@ describe('engine watchdog', () => {
 describe('engine shutdown', () => {
   it('finishes accepted batches, then refuses new ones; close is idempotent', async () => {
     const model = await Model.open({ packDir, engine: { workers: 1, intraOpThreads: 1 } });
-    const items = model.prepare({ inputs: TEXTS });
+    const items = await model.prepare({ inputs: TEXTS });
     const running = [model.engine.run(items), model.engine.run(items), model.engine.run(items)];
     const closing = model.close();
     assert.equal(model.close(), closing);

@@ -170,6 +170,7 @@ describe('64 concurrent keep-alive clients', () => {
       limits: {
         maxInputs: 8,
         maxInputChars: 2000,
+        maxRequestChars: 64_000,
         requestTimeoutMs: 60_000,
         bodyLimitBytes: 64 * 1024,
       },

@@ -13,7 +13,6 @@ import { after, before, describe, it } from 'node:test';
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import type { AppOptions } from '../src/app.js';
-import type { Model } from '../src/inference/model.js';
 import type { EmbeddedOptions } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
 import {
@@ -23,7 +22,12 @@ import {
   writeAdapterFolder,
 } from '../src/pack/fixture.js';
 import { Random } from '../src/util/random.js';
-import { buildTestService, type TestService } from './support/listening-app.js';
+import {
+  buildTestService,
+  keepEngineBusy,
+  type TestService,
+  until,
+} from './support/listening-app.js';
 
 // --- helpers ------------------------------------------------------------------------------------
 
@@ -40,6 +44,7 @@ const ADMIN_KEY = 'test-admin-key-0123456789';
 const LIMITS: AppOptions['limits'] = {
   maxInputs: 8,
   maxInputChars: 400,
+  maxRequestChars: 4000,
   requestTimeoutMs: 30_000,
   bodyLimitBytes: 16 * 1024,
 };
@@ -246,38 +251,6 @@ function metric(text: string, name: string, labels: Record<string, string> = {})
     }
   }
   return found ? total : 0;
-}
-
-/**
- * Keep the engine saturated with direct batches (outside the batcher), so that whatever the HTTP
- * side submits stays queued in the batcher until `stop()`: 4 streams > 1 worker x pipeline depth 2.
- */
-function keepEngineBusy(model: Model): { stop(): Promise<void> } {
-  const items = model.prepare({ inputs: Array.from({ length: 32 }, (_, i) => TEXTS[i % 3]!) });
-  let stopped = false;
-  const stream = async () => {
-    while (!stopped) await model.engine.run(items);
-  };
-  const streams = [stream(), stream(), stream(), stream()];
-  assert.equal(model.engine.freeCapacity, 0, 'the engine still has room');
-  return {
-    async stop() {
-      stopped = true;
-      await Promise.all(streams);
-    },
-  };
-}
-
-async function until(
-  what: string,
-  check: () => Promise<boolean>,
-  timeoutMs = 15_000,
-): Promise<void> {
-  const end = performance.now() + timeoutMs;
-  while (!(await check())) {
-    if (performance.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
 }
 
 // --- tests --------------------------------------------------------------------------------------
@@ -1170,7 +1143,7 @@ describe('deadline: 504 REQUEST_TIMEOUT', () => {
 
   it('answers 504 when the request is not answered in time, and counts it', async () => {
     // The engine is kept busy, so the item waits in the queue past its 1 ms deadline.
-    const busy = keepEngineBusy(service.model);
+    const busy = await keepEngineBusy(service.model);
     try {
       const response = await infer(service.app, { inputs: TEXTS });
       const error = assertError(response, 504, 'REQUEST_TIMEOUT');
@@ -1214,7 +1187,7 @@ describe('client disconnect on a listening server', () => {
   it('drops the queued items of clients that went away and keeps serving', async () => {
     const gone = 3;
     const batchesBefore = metric(await scrape(), 'moe_batch_size_items_sum');
-    const busy = keepEngineBusy(service.model);
+    const busy = await keepEngineBusy(service.model);
     const controllers = Array.from({ length: gone }, () => new AbortController());
     const pending = controllers.map((controller, i) =>
       fetch(`${base}/v1/infer`, {

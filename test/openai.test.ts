@@ -4,12 +4,12 @@
  * real app listening on 127.0.0.1 over a fixture pack with real engine workers.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Tokenizer } from '@huggingface/tokenizers';
 import OpenAI, { APIError } from 'openai';
+import { Tokenizer } from 'tokenizers';
 import { buildFixturePack } from '../src/pack/fixture.js';
 import {
   type ListeningApp,
@@ -117,9 +117,9 @@ describe('openai client: embeddings and models', () => {
   });
 
   it('takes token ids of the model vocabulary (one array, or one per input) as already tokenized', async () => {
-    const json = JSON.parse(await readFile(join(packDir, 'tokenizer.json'), 'utf8')) as object;
-    const tokenizer = new Tokenizer(json, {});
-    const ids = TEXTS.map((t) => tokenizer.encode(t, { add_special_tokens: false }).ids);
+    const tokenizer = Tokenizer.fromFile(join(packDir, 'tokenizer.json'));
+    const encodings = await tokenizer.encodeBatch([...TEXTS], { addSpecialTokens: false });
+    const ids = encodings.map((e) => e.getIds());
     const native = await nativeEmbeddings(server.url, { inputs: TEXTS });
     const one = await client.embeddings.create({ input: ids[1]!, model: 'fixture' });
     assert.equal(one.data.length, 1);
@@ -292,8 +292,10 @@ describe('openai client: embeddings and models', () => {
         model: string;
       }),
     );
-    assert.equal(conflict.status, 400);
+    assert.equal(conflict.status, 422);
+    assert.equal(conflict.code, 'ROUTING_CONFLICT');
     assert.equal(conflict.param, 'routing.language');
+    assert.match(conflict.message, /model 'fixture:de' pins language=de, but language asks for fr/);
 
     const raw = await fetch(`${server.url}/v1/embeddings`, {
       method: 'POST',

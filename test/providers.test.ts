@@ -37,8 +37,34 @@ const GPU_PROVIDERS = ['cuda', 'webgpu'] as const satisfies readonly ExecutionPr
 let root: string;
 let packDir: string;
 let reference: Model;
-/** provider -> whether it really starts on this machine (learned by the fallback-allowed case). */
-const startsHere = new Map<ExecutionProvider, boolean>();
+/** provider -> whether it really starts on this machine; see startsHere. */
+const probes = new Map<ExecutionProvider, Promise<boolean>>();
+
+/**
+ * Whether `provider` really starts on this machine, found out once per run by opening an engine
+ * that may fall back to cpu. Every test that depends on it asks here, so each test runs alone
+ * (--test-name-pattern) or in any order with the same outcome.
+ */
+function startsHere(provider: ExecutionProvider): Promise<boolean> {
+  let probe = probes.get(provider);
+  if (probe === undefined) {
+    probe = Model.open({
+      packDir,
+      engine: {
+        workers: 1,
+        intraOpThreads: 1,
+        executionProvider: provider,
+        allowProviderFallback: true,
+      },
+    }).then(async (model) => {
+      const started = model.engine.providerStatus.provider === provider;
+      await model.close();
+      return started;
+    });
+    probes.set(provider, probe);
+  }
+  return probe;
+}
 
 before(async () => {
   root = await mkdtemp(join(tmpdir(), 'moe-providers-'));
@@ -126,7 +152,8 @@ describe('engine', () => {
       });
       try {
         const status = model.engine.providerStatus;
-        startsHere.set(requested, status.provider === requested);
+        if (!probes.has(requested))
+          probes.set(requested, Promise.resolve(status.provider === requested));
         if (status.provider === requested) {
           // A machine where the provider works: nothing fell back, nothing to say.
           assert.equal(status.fallbackReason, undefined);
@@ -159,7 +186,7 @@ describe('engine', () => {
     });
 
     it(`${requested} with fallback off: start rejects with ENGINE_PROVIDER_UNAVAILABLE`, async (t) => {
-      if (startsHere.get(requested) !== false) {
+      if (await startsHere(requested)) {
         t.skip(`${requested} starts on this machine: there is no failure to test`);
         return;
       }
@@ -250,7 +277,7 @@ describe('main.js', () => {
 
   for (const provider of GPU_PROVIDERS) {
     it(`${provider} with PROVIDER_FALLBACK=false: exits 1 at boot with a clear message`, async (t) => {
-      if (startsHere.get(provider) !== false) {
+      if (await startsHere(provider)) {
         t.skip(`${provider} starts on this machine: there is no failure to test`);
         return;
       }
@@ -301,7 +328,7 @@ describe('worker.js (queue mode)', () => {
 
   it('cuda with PROVIDER_FALLBACK=true: the worker says so on its ops port', async (t) => {
     if (!(await redisPing(6379))) return t.skip('no Redis on 127.0.0.1:6379');
-    if (startsHere.get('cuda') !== false) return t.skip('cuda starts on this machine');
+    if (await startsHere('cuda')) return t.skip('cuda starts on this machine');
     const worker = await startWorker({
       ...queueEnv(),
       EXECUTION_PROVIDER: 'cuda',
@@ -331,7 +358,7 @@ describe('worker.js (queue mode)', () => {
   });
 
   it('cuda with PROVIDER_FALLBACK=false: the worker exits 1 with the reason', async (t) => {
-    if (startsHere.get('cuda') !== false) return t.skip('cuda starts on this machine');
+    if (await startsHere('cuda')) return t.skip('cuda starts on this machine');
     const proc = startProcess(process.execPath, [WORKER], {
       ...queueEnv(),
       EXECUTION_PROVIDER: 'cuda',

@@ -12,8 +12,8 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildApp } from '../src/app.js';
-import { toInferRequest } from '../src/http/native-routes.js';
 import type { InferBody, InferResponse } from '../src/http/schemas.js';
+import { toInferRequest } from '../src/http/wire.js';
 import { type InferResult, Model } from '../src/inference/model.js';
 import { EmbeddedInference } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
@@ -303,7 +303,9 @@ before(async () => {
   embedded = { model, inference };
   const answers = await Promise.all(
     Array.from({ length: REQUESTS }, (_, i) =>
-      inference.infer(toInferRequest(body(i)), { deadline: performance.now() + 60_000 }),
+      inference.infer(toInferRequest({ texts: body(i).inputs }, body(i)), {
+        deadline: performance.now() + 60_000,
+      }),
     ),
   );
   expected = answers.map((a) => a.results[0]!);
@@ -449,7 +451,7 @@ describe('queue mode: one API node, two workers, real Redis', () => {
     await embedded.inference.loadAdapter(folder, 'nl');
     const want = await Promise.all(
       Array.from({ length: 200 }, (_, i) =>
-        embedded.inference.infer(toInferRequest(pinned(i)), {
+        embedded.inference.infer(toInferRequest({ texts: pinned(i).inputs }, pinned(i)), {
           deadline: performance.now() + 60_000,
         }),
       ),
@@ -520,6 +522,7 @@ describe('queue mode: one API node, two workers, real Redis', () => {
       limits: {
         maxInputs: 16,
         maxInputChars: 1000,
+        maxRequestChars: 100_000,
         requestTimeoutMs: 5000,
         bodyLimitBytes: 1 << 20,
       },
@@ -789,6 +792,7 @@ describe('queue mode: one API node, two workers, real Redis', () => {
       limits: {
         maxInputs: 16,
         maxInputChars: 1000,
+        maxRequestChars: 64_000,
         requestTimeoutMs: 5000,
         bodyLimitBytes: 1 << 20,
       },

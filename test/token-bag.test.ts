@@ -369,8 +369,8 @@ describe('a token_bag gate served by the engine', () => {
     assert.equal(gate.type, 'token_bag');
     const results = await model.infer({ inputs: texts, topK: 2 });
     const routed = new Set<string>();
-    texts.forEach((text, i) => {
-      const ids = Array.from(model.tokenizer.encode(text, 'truncate').ids);
+    for (const [i, text] of texts.entries()) {
+      const ids = Array.from((await model.tokenizer.encode(text, 'truncate')).ids);
       const logits = tokenBagReference(
         gate,
         ids,
@@ -383,7 +383,7 @@ describe('a token_bag gate served by the engine', () => {
       const got = results[i]!.routing.language!.map((r) => r.adapter);
       assert.deepEqual(got, order.slice(0, 2), text);
       routed.add(got[0]!);
-    });
+    }
     // The random gate does route differently by input (the test would be blind otherwise).
     assert.ok(routed.size >= 2, [...routed].join(','));
   });

@@ -27,7 +27,7 @@
  * fixed, JSON is written with fixed key order, and no time or path goes into a file (timings are
  * logged only).
  */
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { TextTokenizer } from '../inference/tokenizer.js';
 import { buildEncoder } from '../onnx/encoder.js';
@@ -56,6 +56,7 @@ import {
   THEME_LABELS,
   THEMES,
 } from './corpus.js';
+import { buildOnce, DEMO_REPORT_FILE, demoPackPresent } from './ensure.js';
 import { argmax, createPredictor, type DemoParts } from './forward.js';
 import { FRESH_SENTENCES } from './fresh.js';
 import { exportTokenBag, tokenBagGateLogits, trainTokenBag } from './token-bag.js';
@@ -75,7 +76,7 @@ import {
   trainMixture,
 } from './train.js';
 
-export const DEMO_REPORT_FILE = 'report.json';
+export { DEMO_REPORT_FILE };
 export const DEMO_PACK_VERSION = '1.0.0';
 
 export interface DemoBuildConfig {
@@ -437,18 +438,19 @@ export async function buildDemoPack(
     json(wordPieceTokenizerJson(vocab, { lowercase: true, maxLength })),
   );
   const tokenizer = await TextTokenizer.load(join(dir, 'tokenizer.json'), maxLength);
-  const encode = (text: string) => tokenizer.encode(text, 'truncate').ids;
-  const ids = sentences.map((s) => encode(s.text));
+  const encode = async (texts: readonly string[]) =>
+    (await tokenizer.encodeAll(texts, 'truncate')).map((e) => e.ids);
+  const ids = await encode(sentences.map((s) => s.text));
   // Sentences written for the project (not from the corpus) ride along for the report.
   const fresh = allLanguages.flatMap((l, lang) =>
     (FRESH_SENTENCES[l.id] ?? []).map((text) => ({ lang, text })),
   );
-  const freshIds = fresh.map((f) => encode(f.text));
+  const freshIds = await encode(fresh.map((f) => f.text));
   // The gate also learns from WordPiece-dropout copies of its training text (see augment.ts).
   const dropout = new WordPieceDropout(vocab);
   const dropoutRng = new Random(seed ^ 0xd209);
   const dropoutOptions = { ...config.gate.dropout, lowercase: true, maxLength };
-  const gateIds = gateText.map((g) => encode(g.text));
+  const gateIds = await encode(gateText.map((g) => g.text));
   const gateLabels = gateText.map((g) => g.lang);
   for (let copy = 0; copy < config.gate.dropoutCopies; copy++) {
     for (const g of gateText) {
@@ -470,13 +472,12 @@ export async function buildDemoPack(
   }
   let annotationTexts = 0;
   if (config.tokenBag?.annotations === true) {
-    config.languages.forEach((l, lang) => {
-      for (const text of readAnnotationTexts(l.id)) {
-        bagIds.push(encode(text));
-        bagLabels.push(lang);
-        annotationTexts++;
-      }
-    });
+    for (const [lang, l] of config.languages.entries()) {
+      const texts = readAnnotationTexts(l.id);
+      bagIds.push(...(await encode(texts)));
+      bagLabels.push(...texts.map(() => lang));
+      annotationTexts += texts.length;
+    }
   }
   const count = (list: readonly Int32Array[]) => list.reduce((a, x) => a + x.length, 0);
   const tokens = count(ids) + count(freshIds) + count(gateIds);
@@ -871,21 +872,29 @@ async function assertReplaceable(dir: string): Promise<void> {
 }
 
 /**
- * Builds the demo pack in `dir` when it has no manifest.json or report.json (the server and the CLI
- * call this before loading it), logging progress. Returns true when it built.
+ * Builds the demo pack in `dir` when it has no manifest.json or report.json (the server, the worker
+ * and the CLI call this before loading it), logging progress. Returns true when this process
+ * built it. Processes that start together (`npm start` and `npm run worker` on one checkout) build
+ * it once: one holds the lock and builds in a staging folder of its own, the others wait and use
+ * its pack (see ensure.ts).
  */
 export async function ensureDemoPack(
   dir: string,
   log: (line: string) => void = (line) => process.stderr.write(`${line}\n`),
   config: DemoBuildConfig = FULL_CONFIG,
 ): Promise<boolean> {
-  const present = async (file: string) =>
-    stat(join(dir, file)).then(
-      (s) => s.isFile(),
-      () => false,
-    );
-  if ((await present(MANIFEST_FILE)) && (await present(DEMO_REPORT_FILE))) return false;
-  log(`[demo] no demo pack in ${dir}: building it (about 2 minutes on 2 cores)`);
-  await buildDemoPack(dir, { log, config });
-  return true;
+  if (await demoPackPresent(dir)) return false;
+  return buildOnce(dir, {
+    present: demoPackPresent,
+    assertReplaceable,
+    log,
+    build: async (staging) => {
+      log(`[demo] no demo pack in ${dir}: building it (about 2 minutes on 2 cores)`);
+      try {
+        await buildDemoPack(staging, { log, config });
+      } finally {
+        await rm(`${staging}.building`, { recursive: true, force: true }); // after a failure
+      }
+    },
+  });
 }

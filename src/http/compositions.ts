@@ -9,9 +9,10 @@
  * Adapter ids are unique across groups and cannot contain ':' or '+' (the pack ID_PATTERN), so the
  * id is unambiguous. Listings (/v1/models, the KServe repository index) show the base model and
  * one id per loaded adapter; any combination with at most one adapter per group is accepted.
+ * A request carries its composition's pins apart from its own (InferRequest.composition), and the
+ * model checks them against each other (a conflict is ROUTING_CONFLICT, naming the model id).
  */
 import { MoeError } from '../errors.js';
-import type { InferRequest } from '../inference/model.js';
 import type { ModelDescription } from '../inference/service.js';
 
 export interface Composition {
@@ -61,27 +62,6 @@ export function resolveComposition(
     pins[group.id] = adapter;
   }
   return { id, pins };
-}
-
-/**
- * The request with the composition's pins added. A request that pins another adapter in a group
- * the composition pins is contradictory: 400, naming the field.
- */
-export function applyComposition(request: InferRequest, composition: Composition): InferRequest {
-  const entries = Object.entries(composition.pins);
-  if (entries.length === 0) return request;
-  for (const [group, adapter] of entries) {
-    const viaAdapters = request.adapters?.[group];
-    const asked = viaAdapters ?? (group === 'language' ? request.language : undefined);
-    if (asked !== undefined && asked !== adapter) {
-      throw new MoeError(
-        'INPUT_INVALID',
-        `Model '${composition.id}' pins ${group}=${adapter}, but the request asks for ${group}=${asked}; drop one of the two.`,
-        { field: viaAdapters === undefined ? 'language' : `adapters.${group}` },
-      );
-    }
-  }
-  return { ...request, adapters: { ...request.adapters, ...composition.pins } };
 }
 
 function unknownModel(model: ModelDescription, id: string, field: string, why: string): MoeError {

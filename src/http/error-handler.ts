@@ -143,6 +143,11 @@ export function formatError(
   return body;
 }
 
+/** How the route of `request` names one of our fields on its wire (see `errorFields`). */
+export function wireField(request: FastifyRequest, field: string): string {
+  return renameField(field, request.routeOptions.config?.errorFields ?? {});
+}
+
 function renameField(field: string, names: Readonly<Record<string, string>>): string {
   for (const [ours, theirs] of Object.entries(names)) {
     if (field === ours || field.startsWith(`${ours}[`) || field.startsWith(`${ours}.`)) {

@@ -11,13 +11,10 @@ import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import { MoeError } from '../errors.js';
 import type { JobQueue, JobStatus } from '../inference/service.js';
-import {
-  checkLimits,
-  inferResponseBody,
-  type RouteLimits,
-  toInferRequest,
-} from './native-routes.js';
+import { inferResponseBody } from './native-routes.js';
+import { checkLimits, type RouteLimits } from './pipeline.js';
 import { ErrorBody, InferBody, InferResponse } from './schemas.js';
+import { toInferRequest } from './wire.js';
 
 export interface JobRouteOptions {
   /** Undefined in embedded mode. */
@@ -93,8 +90,11 @@ export async function jobRoutes(app: FastifyInstance, options: JobRouteOptions):
     async (request, reply) => {
       const queue = jobs();
       const body = request.body;
-      checkLimits(body.inputs, options.limits);
-      const job = await queue.submit(toInferRequest(body), { returnFields: body.return ?? [] });
+      // A durable job has no client waiting on the connection and its own deadline
+      // (JOB_TIMEOUT_MS), so of the request pipeline only the limits apply.
+      const inferRequest = toInferRequest({ texts: body.inputs }, body);
+      checkLimits(inferRequest, options.limits);
+      const job = await queue.submit(inferRequest, { returnFields: body.return ?? [] });
       reply.code(202).header('location', `/v1/jobs/${encodeURIComponent(job.id)}`);
       return { id: job.id, state: job.state, created_at: job.createdAt.toISOString() };
     },

@@ -1,17 +1,16 @@
 /**
  * The native REST API: /v1/infer, /v1/models, /v1/adapters. Handlers translate between the wire
- * format (snake_case, plain number arrays) and the `Inference` interface; limits, errors and
- * metrics are handled once, in hooks and the error handler (app.ts).
+ * format (snake_case, plain number arrays) and the `Inference` interface. Limits, the deadline,
+ * client-gone and server-timing are handled once for every route family by the request pipeline
+ * (pipeline.ts, hooks); errors by the one error handler and request metrics by an onResponse
+ * hook (app.ts); admin routes authenticate in onRequest, before the body is read (admin-auth.ts).
  */
-import { isAbsolute, relative, resolve } from 'node:path';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import type { AdapterInfo as RegistryAdapter } from '../adapters/registry.js';
-import { MoeError } from '../errors.js';
-import type { InferRequest } from '../inference/model.js';
 import type { InferAnswer, Inference } from '../inference/service.js';
-import { adminGuard } from './admin-auth.js';
+import { adminGuard, insideRoot } from './admin-auth.js';
 import { modelList } from './compositions.js';
 import {
   AdapterIdParams,
@@ -23,17 +22,10 @@ import {
   LoadAdapterBody,
   ModelList,
 } from './schemas.js';
-
-/** Request limits every route family checks (from config). */
-export interface RouteLimits {
-  readonly maxInputs: number;
-  readonly maxInputChars: number;
-  readonly requestTimeoutMs: number;
-}
+import { toInferRequest } from './wire.js';
 
 export interface NativeRouteOptions {
   readonly inference: Inference;
-  readonly limits: RouteLimits;
   readonly adminApiKey: string | undefined;
   readonly adapterRoot: string;
   /** Unix seconds when the model was loaded (the OpenAI-style `created`). */
@@ -60,12 +52,13 @@ export async function nativeRoutes(
   options: NativeRouteOptions,
 ): Promise<void> {
   const api = app.withTypeProvider<TypeBoxTypeProvider>();
-  const { inference, limits } = options;
+  const { inference } = options;
   const admin = adminGuard(options.adminApiKey);
 
   api.post(
     '/v1/infer',
     {
+      config: { inference: true },
       schema: {
         summary: 'Run texts through the model; every result shows how it was routed.',
         tags: ['inference'],
@@ -73,14 +66,9 @@ export async function nativeRoutes(
         response: { 200: InferResponse, ...errors },
       },
     },
-    async (request, reply) => {
+    async (request) => {
       const body = request.body;
-      checkLimits(body.inputs, limits);
-      const answer = await inference.infer(toInferRequest(body), {
-        deadline: performance.now() + limits.requestTimeoutMs,
-        signal: clientGone(request, reply),
-      });
-      reply.header('server-timing', serverTiming(answer));
+      const answer = await request.infer(toInferRequest({ texts: body.inputs }, body));
       return inferResponseBody(answer, body.return ?? []);
     },
   );
@@ -113,7 +101,7 @@ export async function nativeRoutes(
   api.post(
     '/v1/adapters',
     {
-      preHandler: admin,
+      onRequest: admin,
       schema: {
         summary: 'Load (or replace) an adapter from a folder in the pack adapter format. Admin.',
         tags: ['adapters'],
@@ -131,7 +119,7 @@ export async function nativeRoutes(
   api.delete(
     '/v1/adapters/:id',
     {
-      preHandler: admin,
+      onRequest: admin,
       schema: {
         summary: 'Unload an adapter (or clear a failed load). Admin.',
         tags: ['adapters'],
@@ -178,61 +166,6 @@ export function inferResponseBody(
   };
 }
 
-export function toInferRequest(body: InferBody): InferRequest {
-  return {
-    inputs: body.inputs,
-    ...(body.task === undefined ? {} : { task: body.task }),
-    ...(body.language === undefined ? {} : { language: body.language }),
-    ...(body.adapters === undefined ? {} : { adapters: body.adapters }),
-    ...(body.exclude === undefined ? {} : { exclude: body.exclude }),
-    ...(body.top_k === undefined ? {} : { topK: body.top_k }),
-    ...(body.top_p === undefined ? {} : { topP: body.top_p }),
-  };
-}
-
-/** Request-size limits that name the limit (413), checked before any work. */
-export function checkLimits(
-  inputs: readonly (string | readonly number[])[],
-  limits: Pick<NativeRouteOptions['limits'], 'maxInputs' | 'maxInputChars'>,
-  field = 'inputs',
-): void {
-  if (inputs.length > limits.maxInputs) {
-    throw new MoeError(
-      'INPUT_TOO_MANY',
-      `${field} has ${inputs.length} inputs; at most ${limits.maxInputs} per request (MAX_INPUTS). Split the request.`,
-      { field, limit: limits.maxInputs },
-    );
-  }
-  inputs.forEach((text, i) => {
-    if (typeof text === 'string' && text.length > limits.maxInputChars) {
-      throw new MoeError(
-        'INPUT_TOO_LONG',
-        `${field}[${i}] has ${text.length} characters; at most ${limits.maxInputChars} (MAX_INPUT_CHARS).`,
-        { field: `${field}[${i}]`, limit: limits.maxInputChars },
-      );
-    }
-  });
-}
-
-/** An AbortSignal that fires when the client closes the connection before the answer. */
-export function clientGone(request: FastifyRequest, reply: FastifyReply): AbortSignal {
-  const controller = new AbortController();
-  reply.raw.once('close', () => {
-    if (!reply.raw.writableFinished) controller.abort();
-  });
-  request.raw.once('aborted', () => controller.abort());
-  return controller.signal;
-}
-
-export function serverTiming(answer: InferAnswer): string {
-  const t = answer.timings;
-  return [
-    `tokenize;dur=${t.tokenizeMs.toFixed(2)}`,
-    `queue;dur=${t.queueMs.toFixed(2)}`,
-    `forward;dur=${t.forwardMs.toFixed(2)}`,
-  ].join(', ');
-}
-
 function adapterJson(info: RegistryAdapter) {
   return {
     id: info.id,
@@ -246,19 +179,4 @@ function adapterJson(info: RegistryAdapter) {
     gated: info.gated,
     ...(info.error === undefined ? {} : { error: info.error }),
   };
-}
-
-/** `path` resolved inside the adapter root; 403 ADAPTER_PATH_FORBIDDEN when it escapes. */
-export function insideRoot(root: string, path: string, field = 'path'): string {
-  const base = resolve(root);
-  const folder = resolve(base, path);
-  const rel = relative(base, folder);
-  if (rel.startsWith('..') || isAbsolute(rel)) {
-    throw new MoeError(
-      'ADAPTER_PATH_FORBIDDEN',
-      `path '${path}' is outside the adapter root '${root}' (ADAPTER_ROOT); put the adapter folder inside it.`,
-      { field },
-    );
-  }
-  return folder;
 }

@@ -16,21 +16,14 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { type Static, Type } from 'typebox';
 import { MoeError } from '../errors.js';
-import type { InferRequest } from '../inference/model.js';
 import type { Inference } from '../inference/service.js';
-import {
-  applyComposition,
-  compositionCard,
-  modelCard,
-  resolveComposition,
-} from './compositions.js';
+import { compositionCard, modelCard, resolveComposition } from './compositions.js';
 import { encodeFloat32 } from './kserve-binary.js';
-import { checkLimits, clientGone, type RouteLimits, serverTiming } from './native-routes.js';
 import { CompositionCard, ModelCard, RoutingFields } from './schemas.js';
+import { toInferRequest } from './wire.js';
 
 export interface OpenAIRouteOptions {
   readonly inference: Inference;
-  readonly limits: RouteLimits;
   /** Unix seconds when the model was loaded (the `created` of the model cards). */
   readonly createdAt: number;
 }
@@ -132,12 +125,12 @@ export async function openaiRoutes(
   options: OpenAIRouteOptions,
 ): Promise<void> {
   const api = app.withTypeProvider<TypeBoxTypeProvider>();
-  const { inference, limits } = options;
+  const { inference } = options;
 
   api.post(
     '/v1/embeddings',
     {
-      config: OPENAI_ROUTE,
+      config: { ...OPENAI_ROUTE, inference: true },
       schema: {
         summary: 'OpenAI-compatible embeddings; route with the model id or the `routing` field.',
         tags: ['openai'],
@@ -145,7 +138,7 @@ export async function openaiRoutes(
         response: { 200: EmbeddingsResponse, ...errors },
       },
     },
-    async (request, reply) => {
+    async (request) => {
       const body = request.body;
       const model = inference.describe();
       const composition = resolveComposition(model, body.model);
@@ -156,7 +149,6 @@ export async function openaiRoutes(
         : typeof inputs[0] === 'number'
           ? [inputs as number[]]
           : (inputs as number[][]);
-      checkLimits(tokenIds ?? (inputs as string[]), limits, 'input');
       if (body.dimensions !== undefined && body.dimensions > model.hiddenSize) {
         throw new MoeError(
           'INPUT_INVALID',
@@ -164,22 +156,13 @@ export async function openaiRoutes(
           { field: 'dimensions', limit: model.hiddenSize },
         );
       }
-      const routing = body.routing ?? {};
-      const inferRequest: InferRequest = {
-        inputs: tokenIds === undefined ? (inputs as string[]) : [],
-        ...(tokenIds === undefined ? {} : { tokenIds }),
-        ...(routing.task === undefined ? {} : { task: routing.task }),
-        ...(routing.language === undefined ? {} : { language: routing.language }),
-        ...(routing.adapters === undefined ? {} : { adapters: routing.adapters }),
-        ...(routing.exclude === undefined ? {} : { exclude: routing.exclude }),
-        ...(routing.top_k === undefined ? {} : { topK: routing.top_k }),
-        ...(routing.top_p === undefined ? {} : { topP: routing.top_p }),
-      };
-      const answer = await inference.infer(applyComposition(inferRequest, composition), {
-        deadline: performance.now() + limits.requestTimeoutMs,
-        signal: clientGone(request, reply),
-      });
-      reply.header('server-timing', serverTiming(answer));
+      const answer = await request.infer(
+        toInferRequest(
+          tokenIds === undefined ? { texts: inputs as string[] } : { tokenIds },
+          body.routing ?? {},
+          composition,
+        ),
+      );
       const base64 = body.encoding_format === 'base64';
       return {
         object: 'list' as const,

@@ -3,6 +3,7 @@
  * fastify) and the OpenAPI document, so what the docs say is what the server checks.
  */
 import { type Static, type TSchema, Type } from 'typebox';
+import { ID_PATTERN } from '../pack/manifest.js';
 
 /** A JSON object with arbitrary keys and values of one schema (OpenAPI-friendly form). */
 export const Dict = <T extends TSchema>(value: T, options: Record<string, unknown> = {}) =>
@@ -68,6 +69,16 @@ export const RoutingFields = {
     }),
   ),
 };
+
+/** The routing fields as one object (the OpenAI `routing` field; wire.ts maps it). */
+export const RoutingObject = Type.Object(RoutingFields, { additionalProperties: false });
+
+/**
+ * An adapter id, as the pack format defines it (letters, digits, '.', '_', '-'; at most 64):
+ * every route that takes one checks it, so ids (and the metric labels they become) stay bounded.
+ */
+export const AdapterId = (description: string) =>
+  Type.String({ pattern: ID_PATTERN, description: `${description} Pattern: ${ID_PATTERN}.` });
 
 export const InferBody = Type.Object(
   {
@@ -154,18 +165,13 @@ export const LoadAdapterBody = Type.Object(
       description:
         'Adapter folder (adapter_config.json + adapter.safetensors), inside ADAPTER_ROOT.',
     }),
-    id: Type.Optional(
-      Type.String({
-        pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$',
-        description: "Serve it under this id instead of its config's.",
-      }),
-    ),
+    id: Type.Optional(AdapterId("Serve it under this id instead of its config's.")),
   },
   { additionalProperties: false },
 );
 export type LoadAdapterBody = Static<typeof LoadAdapterBody>;
 
-export const AdapterIdParams = Type.Object({ id: Type.String() });
+export const AdapterIdParams = Type.Object({ id: AdapterId('The adapter to unload.') });
 
 export const ModelCard = Type.Object({
   id: Type.String(),

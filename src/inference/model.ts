@@ -46,6 +46,11 @@ export interface InferRequest {
   readonly topK?: number;
   /** Top-p in every gated group that is not pinned; default: each group's default_top_p. */
   readonly topP?: number;
+  /**
+   * Pins that come with the model id the client named (`<model>:<adapter>[+...]`, see
+   * http/compositions.ts), kept apart from `adapters` so that a conflict names the model id.
+   */
+  readonly composition?: { readonly id: string; readonly pins: Readonly<Record<string, string>> };
 }
 
 export interface InferResult {
@@ -116,42 +121,12 @@ export class ModelFrontend {
   }
 
   /**
-   * Validate the request's routing wishes and tokenize its inputs. Throws MoeError (4xx) for the
+   * Validate the request's routing wishes and tokenize its inputs (off the JS thread; the work
+   * per input is bounded by max_length, see TextTokenizer). Rejects with MoeError (4xx) for the
    * first problem; nothing is queued then.
    */
-  prepare(request: InferRequest): PreparedItem[] {
-    const pins: Record<string, string> = {};
-    let tasks: string[] | undefined;
-    if (request.task !== undefined) {
-      const head = this.pack.heads.find((h) => h.id === request.task);
-      if (head === undefined) {
-        const choices = this.pack.heads.map((h) => h.id);
-        throw new MoeError(
-          'ROUTING_UNKNOWN_TASK',
-          `Unknown task '${request.task}'; this model's tasks are: ${choices.join(', ')}.`,
-          { field: 'task', choices },
-        );
-      }
-      tasks = [head.id];
-      if (head.pin !== undefined) pins[head.pin.group] = head.pin.adapter;
-    }
-    if (request.language !== undefined) {
-      if (!this.pack.groups.some((g) => g.id === 'language')) {
-        throw new MoeError(
-          'ROUTING_UNKNOWN_GROUP',
-          `This model has no 'language' adapter group; drop 'language'.`,
-          {
-            field: 'language',
-          },
-        );
-      }
-      pins.language = request.language;
-    }
-    const weights: Record<string, Readonly<Record<string, number>>> = {};
-    for (const [group, choice] of Object.entries(request.adapters ?? {})) {
-      if (typeof choice === 'string') pins[group] = choice;
-      else weights[group] = choice;
-    }
+  async prepare(request: InferRequest): Promise<PreparedItem[]> {
+    const { pins, weights, task } = this.choicesOf(request);
     const k: Record<string, number> = {};
     const topP: Record<string, number> = {};
     for (const group of this.view.groups) {
@@ -171,7 +146,7 @@ export class ModelFrontend {
     planItem(this.view, routing);
     // Without a task, answer the heads whose adapter this routing really uses: a head trained on
     // its own task adapter says little when run through another one.
-    tasks ??= this.headsServedBy(pins, weights);
+    const tasks = task === undefined ? this.headsServedBy(pins, weights) : [task];
     if (request.tokenIds !== undefined) {
       if (request.inputs.length > 0) {
         throw new MoeError('INPUT_INVALID', 'Send texts or token ids in one request, not both.', {
@@ -188,19 +163,93 @@ export class ModelFrontend {
         return { ids: encoded.ids, routing, truncated: encoded.truncated, tasks };
       });
     }
-    return request.inputs.map((text, index) => {
-      if (text.trim().length === 0) {
+    request.inputs.forEach((text, index) => {
+      // A regex that stops at the first non-space, not a trim() that copies the whole text.
+      if (!/\S/.test(text)) {
         throw new MoeError(
           'INPUT_EMPTY',
           `inputs[${index}] is empty; send text with at least one word.`,
-          {
-            field: `inputs[${index}]`,
-          },
+          { field: `inputs[${index}]` },
         );
       }
-      const encoded = this.tokenizer.encode(text, this.truncation, index);
-      return { ids: encoded.ids, routing, truncated: encoded.truncated, tasks };
     });
+    const encoded = await this.tokenizer.encodeAll(request.inputs, this.truncation);
+    return encoded.map((e) => ({ ids: e.ids, routing, truncated: e.truncated, tasks }));
+  }
+
+  /**
+   * What a request fixes, per group, from every field that can: the model id (a composition
+   * such as `demo:de`), `task` (the adapter its head pins), `language` and `adapters` (a pin, or
+   * explicit weights). Two fields that ask different things of one group is ROUTING_CONFLICT (422)
+   * naming both: running the article head through the theme adapter answers neither question.
+   */
+  private choicesOf(request: InferRequest): {
+    pins: Record<string, string>;
+    weights: Record<string, Readonly<Record<string, number>>>;
+    task?: string;
+  } {
+    const chosen: Record<string, { adapter: string; field: string; says: string }> = {};
+    const pin = (group: string, adapter: string, field: string, says: string) => {
+      const earlier = chosen[group];
+      if (earlier === undefined) {
+        chosen[group] = { adapter, field, says };
+      } else if (earlier.adapter !== adapter) {
+        throw new MoeError(
+          'ROUTING_CONFLICT',
+          `Conflicting routing in group '${group}': ${earlier.says}, but ${says}; drop one of the two.`,
+          { field, group, conflict: [earlier.field, field], adapters: [earlier.adapter, adapter] },
+        );
+      }
+    };
+    const composition = request.composition;
+    for (const [group, adapter] of Object.entries(composition?.pins ?? {})) {
+      pin(group, adapter, 'model', `model '${composition!.id}' pins ${group}=${adapter}`);
+    }
+    let task: string | undefined;
+    if (request.task !== undefined) {
+      const head = this.pack.heads.find((h) => h.id === request.task);
+      if (head === undefined) {
+        const choices = this.pack.heads.map((h) => h.id);
+        throw new MoeError(
+          'ROUTING_UNKNOWN_TASK',
+          `Unknown task '${request.task}'; this model's tasks are: ${choices.join(', ')}.`,
+          { field: 'task', choices },
+        );
+      }
+      task = head.id;
+      if (head.pin !== undefined) {
+        const { group, adapter } = head.pin;
+        pin(group, adapter, 'task', `task '${head.id}' runs through ${group}=${adapter}`);
+      }
+    }
+    if (request.language !== undefined) {
+      if (!this.pack.groups.some((g) => g.id === 'language')) {
+        throw new MoeError(
+          'ROUTING_UNKNOWN_GROUP',
+          `This model has no 'language' adapter group; drop 'language'.`,
+          { field: 'language' },
+        );
+      }
+      pin('language', request.language, 'language', `language asks for ${request.language}`);
+    }
+    const weights: Record<string, Readonly<Record<string, number>>> = {};
+    for (const [group, choice] of Object.entries(request.adapters ?? {})) {
+      if (typeof choice === 'string') {
+        pin(group, choice, `adapters.${group}`, `adapters.${group} asks for ${choice}`);
+        continue;
+      }
+      const earlier = chosen[group];
+      if (earlier !== undefined) {
+        throw new MoeError(
+          'ROUTING_CONFLICT',
+          `Conflicting routing in group '${group}': ${earlier.says}, but adapters.${group} asks for a mixture; drop one of the two.`,
+          { field: `adapters.${group}`, group, conflict: [earlier.field, `adapters.${group}`] },
+        );
+      }
+      weights[group] = choice;
+    }
+    const pins = Object.fromEntries(Object.entries(chosen).map(([g, c]) => [g, c.adapter]));
+    return task === undefined ? { pins, weights } : { pins, weights, task };
   }
 
   describe(): ModelDescription {
@@ -279,7 +328,7 @@ export class Model extends ModelFrontend {
 
   /** Tokenize, route and run `request.inputs` in one batch. */
   async infer(request: InferRequest): Promise<InferResult[]> {
-    return this.runPrepared(this.prepare(request));
+    return this.runPrepared(await this.prepare(request));
   }
 
   close(): Promise<void> {

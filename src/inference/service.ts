@@ -157,7 +157,7 @@ export class EmbeddedInference implements Inference {
     if (this.draining)
       throw new MoeError('DRAINING', 'The server is shutting down; retry on another instance.');
     const t0 = performance.now();
-    const items = this.model.prepare(request);
+    const items = await this.model.prepare(request);
     const tokenizeMs = performance.now() - t0;
     this.metrics.stageDuration.observe({ stage: 'tokenize' }, tokenizeMs / 1000);
     return this.inferPrepared(items, options, tokenizeMs);

@@ -1,7 +1,10 @@
 /**
  * Which pack a command runs on when none is named: the demo pack, built on first use.
+ *
+ * The builder (the demo trainer, which runs onnxruntime-node) is imported only when the pack must
+ * be built: a server whose pack is there never loads it on its HTTP thread.
  */
-import { ensureDemoPack } from '../demo/build.js';
+import { demoPackPresent } from '../demo/ensure.js';
 
 export const DEFAULT_PACK_DIR = 'models/demo';
 
@@ -11,6 +14,9 @@ export async function ensurePack(
   log: (line: string) => void,
 ): Promise<string> {
   if (dir !== undefined) return dir;
-  await ensureDemoPack(DEFAULT_PACK_DIR, log);
+  if (!(await demoPackPresent(DEFAULT_PACK_DIR))) {
+    const { ensureDemoPack } = await import('../demo/build.js');
+    await ensureDemoPack(DEFAULT_PACK_DIR, log);
+  }
   return DEFAULT_PACK_DIR;
 }

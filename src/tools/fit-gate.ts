@@ -131,7 +131,7 @@ export async function fitTokenBagGate(options: FitGateOptions): Promise<FitGateR
   const lines: TokenBagExample[] = []; // the training lines alone
   const heldout: TokenBagExample[] = [];
   const counts: Record<string, { train: number; heldout: number }> = {};
-  const encode = (text: string) => tokenizer.encode(text, 'truncate').ids;
+  const encode = async (text: string) => (await tokenizer.encode(text, 'truncate')).ids;
   for (const [label, id] of experts.entries()) {
     const dir = join(options.data, id);
     const texts = folders.includes(id) ? await readLines(dir) : [];
@@ -142,13 +142,13 @@ export async function fitTokenBagGate(options: FitGateOptions): Promise<FitGateR
     }
     const order = rng.shuffle(texts.map((_, i) => i));
     const kept = Math.min(Math.round(texts.length * settings.heldout), texts.length - 1);
-    for (const i of order.slice(0, kept)) heldout.push({ ids: encode(texts[i]!), label });
+    for (const i of order.slice(0, kept)) heldout.push({ ids: await encode(texts[i]!), label });
     for (const i of order.slice(kept)) {
-      const example = { ids: encode(texts[i]!), label };
+      const example = { ids: await encode(texts[i]!), label };
       lines.push(example);
       train.push(example);
       for (let c = 0; c < settings.copies; c++) {
-        train.push({ ids: encode(crop(texts[i]!, rng)), label });
+        train.push({ ids: await encode(crop(texts[i]!, rng)), label });
       }
     }
     counts[id] = { train: texts.length - kept, heldout: kept };

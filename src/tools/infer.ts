@@ -43,6 +43,10 @@ async function main(): Promise<number> {
     adapters[group] = id;
   }
   const topK = values['top-k'] === undefined ? undefined : Number(values['top-k']);
+  if (topK !== undefined && !(Number.isInteger(topK) && topK >= 1)) {
+    process.stderr.write(`--top-k takes a whole number >= 1, got '${values['top-k']}'\n`);
+    return 2;
+  }
   const truncation = values.truncation ?? 'truncate';
   if (truncation !== 'truncate' && truncation !== 'reject') {
     process.stderr.write(`--truncation must be 'truncate' or 'reject', got '${truncation}'\n`);

@@ -3,11 +3,13 @@
  * embedded inference service and `buildApp`, listening on 127.0.0.1 with an ephemeral port so
  * that client libraries (openai, openapi-fetch) talk to it over real HTTP.
  */
+import assert from 'node:assert/strict';
 import type { FastifyInstance } from 'fastify';
 import { type AppOptions, buildApp } from '../../src/app.js';
 import { Model } from '../../src/inference/model.js';
 import { EmbeddedInference, type EmbeddedOptions } from '../../src/inference/service.js';
 import { Metrics } from '../../src/metrics.js';
+import { FIXTURE_TEXTS } from '../../src/pack/fixture.js';
 
 export interface ListeningApp {
   readonly app: FastifyInstance;
@@ -60,6 +62,7 @@ export async function buildTestService(options: TestServiceOptions): Promise<Tes
     limits: {
       maxInputs: 16,
       maxInputChars: 2000,
+      maxRequestChars: 64_000,
       requestTimeoutMs: 30_000,
       bodyLimitBytes: 256 * 1024,
       ...options.limits,
@@ -119,4 +122,38 @@ export async function nativeEmbeddings(
   if (response.status !== 200)
     throw new Error(`/v1/infer: ${response.status} ${await response.text()}`);
   return ((await response.json()) as { results: NativeResult[] }).results;
+}
+
+/**
+ * Keep the engine saturated with direct batches (outside the batcher), so that whatever the HTTP
+ * side submits stays queued in the batcher until `stop()`: 4 streams > 1 worker x pipeline depth 2.
+ */
+export async function keepEngineBusy(model: Model): Promise<{ stop(): Promise<void> }> {
+  const items = await model.prepare({
+    inputs: Array.from({ length: 32 }, (_, i) => FIXTURE_TEXTS[i % FIXTURE_TEXTS.length]!),
+  });
+  let stopped = false;
+  const stream = async () => {
+    while (!stopped) await model.engine.run(items);
+  };
+  const streams = [stream(), stream(), stream(), stream()];
+  assert.equal(model.engine.freeCapacity, 0, 'the engine still has room');
+  return {
+    async stop() {
+      stopped = true;
+      await Promise.all(streams);
+    },
+  };
+}
+
+export async function until(
+  what: string,
+  check: () => Promise<boolean>,
+  timeoutMs = 15_000,
+): Promise<void> {
+  const end = performance.now() + timeoutMs;
+  while (!(await check())) {
+    if (performance.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }
