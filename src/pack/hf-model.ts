@@ -116,6 +116,8 @@ export async function inspectHfFolder(folder: string): Promise<HfModelInfo> {
     : (await isFile(join(folder, 'tokenizer.json')))
       ? await readHfTokenizer(folder)
       : undefined;
+  if (tokenizer !== undefined)
+    checkVocabulary(tokenizer.path, tokenizer.vocabSize, config, configPath);
   const limits = [maxPositionLength(config)];
   if (tokenizer?.modelMaxLength !== undefined) limits.push(tokenizer.modelMaxLength);
   if (sentenceTransformers?.info.maxSeqLength !== undefined) {
@@ -180,6 +182,27 @@ export async function readHfModel(
 ): Promise<{ info: HfModelInfo; config: EncoderConfig; weights: EncoderWeights }> {
   const info = await inspectHfFolder(folder);
   return { info, config: info.config, weights: await readHfWeights(info) };
+}
+
+/**
+ * A tokenizer that can produce ids past the embedding table would index out of it at run time:
+ * PACK_VOCAB_MISMATCH naming the tokenizer file. (Fewer ids than rows is normal: models pad their
+ * tables to a multiple of 8 or 64.)
+ */
+export function checkVocabulary(
+  tokenizerPath: string,
+  tokenizerVocab: number,
+  config: EncoderConfig,
+  configPath: string,
+): void {
+  if (tokenizerVocab > config.vocabSize) {
+    throw new PackError(
+      'PACK_VOCAB_MISMATCH',
+      tokenizerPath,
+      '/model/vocab',
+      `the tokenizer has ${tokenizerVocab} token ids but the model's embedding table has ${config.vocabSize} rows (${configPath} vocab_size): ids from ${config.vocabSize} on have no embedding; use the tokenizer the model was trained with`,
+    );
+  }
 }
 
 /** The longest input the position table allows (RoBERTa / XLM-R lose padding_idx + 1 rows). */
