@@ -70,9 +70,25 @@ export interface MixtureGroup {
   readonly gate: Gate | null;
 }
 
+/** sentence-transformers' Pooling modes this server runs. */
+export const POOLING_MODES = ['mean', 'cls', 'max'] as const;
+export type PoolingMode = (typeof POOLING_MODES)[number];
+
+/**
+ * How gates, heads and the embedding output pool the hidden state [B,T,d] into [B,d]:
+ * mean = masked mean, cls = the first token, max = masked max (padding at -1e9 first), as
+ * sentence-transformers' Pooling; normalize = L2-normalise the embedding output (its Normalize).
+ */
+export interface Pooling {
+  readonly mode: PoolingMode;
+  readonly normalize: boolean;
+}
+
 /** A snapshot of the registry: everything the mixture graph is compiled from. */
 export interface MixtureSpec {
   readonly hiddenSize: number;
   readonly groups: readonly MixtureGroup[];
   readonly heads: readonly Head[];
+  /** Default: mean, normalised (what every pack did before pooling was configurable). */
+  readonly pooling?: Pooling;
 }
