@@ -24,7 +24,7 @@ export interface ModelOptions {
    * (src/onnx/backbone-cache.ts).
    */
   readonly backboneCacheDir?: string;
-  /** Progress of a backbone build (first start of a Hugging Face pack). */
+  /** Progress of a backbone build (first start of a Hugging Face pack); default stderr. */
   readonly log?: (line: string) => void;
   /** What to do with inputs longer than the pack's max_length. Default 'truncate'. */
   readonly truncation?: TruncationPolicy;
@@ -255,7 +255,7 @@ export class Model extends ModelFrontend {
     const first = registry.compileCurrent();
     const backbone = await prepareBackbone(pack.dir, pack.manifest.name, pack.backbone, {
       ...(options.backboneCacheDir === undefined ? {} : { cacheDir: options.backboneCacheDir }),
-      ...(options.log === undefined ? {} : { log: options.log }),
+      log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
     });
     const engine = await Engine.start(
       { ...options.engine, backbonePath: backbone.path },
