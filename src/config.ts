@@ -78,7 +78,7 @@ export const VARIABLES = {
   BACKBONE_CACHE_DIR: {
     default: undefined,
     parse: text,
-    doc: "Where the graph built from a Hugging Face backbone folder is cached (one subfolder per pack and content digest). Unset: inside the pack, <pack>/.cache/backbone. Set it when the pack is on read-only storage.",
+    doc: 'Where the graph built from a Hugging Face backbone folder is cached (one subfolder per pack and content digest). Unset: inside the pack, <pack>/.cache/backbone. Set it when the pack is on read-only storage.',
   },
   ENGINE_WORKERS: {
     default: Math.max(1, Math.floor(cores / 2)),

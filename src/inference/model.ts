@@ -35,8 +35,8 @@ export interface InferRequest {
   readonly inputs: readonly string[];
   /**
    * Pre-tokenized inputs, instead of `inputs` (which must then be empty): ids of the pack's
-   * vocabulary for the content only; special tokens are added and the length policy applied as
-   * for text (see TextTokenizer.encodeIds).
+   * vocabulary, run exactly as given (no special tokens added); the length policy applies (see
+   * TextTokenizer.encodeIds).
    */
   readonly tokenIds?: readonly (readonly number[])[];
   /** Task (head) id: only its output is returned, and its pinned adapter is used. */
