@@ -2,7 +2,7 @@
  * What the pack needs to know about a Hugging Face tokenizer without running it: the ids it can
  * produce (the size of its vocabulary, added tokens included, to check against the embedding
  * table), the maximum length (`tokenizer_config.json` model_max_length) and the special tokens
- * (`tokenizer_config.json`, `special_tokens_map.json`), each checked to be in the vocabulary.
+ * (`tokenizer_config.json`, `special_tokens_map.json`) with their ids.
  * Running the tokenizer is the inference layer's job (src/inference/tokenizer.ts).
  *
  * tokenizer.json vocabularies by model type: WordPiece, BPE and WordLevel hold `model.vocab` as
@@ -136,16 +136,10 @@ export async function readHfTokenizer(dir: string): Promise<HfTokenizerInfo> {
           'must be a token string or { "content": token }',
         );
       }
+      // A special token the vocabulary lacks is skipped, not an error: transformers adds such
+      // tokens when it loads the tokenizer, and a folder that works there must load here.
       const id = ids.get(token);
-      if (id === undefined) {
-        throw new PackError(
-          'PACK_INVALID_CONFIG',
-          file,
-          `/${key}`,
-          `special token ${JSON.stringify(token)} is not in ${path}'s vocabulary`,
-        );
-      }
-      specialTokens[key] = { token, id };
+      if (id !== undefined) specialTokens[key] = { token, id };
     }
     if (name === TOKENIZER_CONFIG_FILE && doc.model_max_length !== undefined) {
       const value = doc.model_max_length;
