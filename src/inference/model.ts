@@ -253,6 +253,8 @@ export class Model extends ModelFrontend {
     const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
     const registry = new AdapterRegistry(pack);
     const first = registry.compileCurrent();
+    // A Hugging Face backbone's graph is built here, at start-up before anything listens, on the
+    // first start only (then it is cached); ONNX backbones are used as they are.
     const backbone = await prepareBackbone(pack.dir, pack.manifest.name, pack.backbone, {
       ...(options.backboneCacheDir === undefined ? {} : { cacheDir: options.backboneCacheDir }),
       log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
