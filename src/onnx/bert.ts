@@ -129,13 +129,6 @@ export function validateEncoder(config: EncoderConfig, weights: EncoderWeights):
   }
 }
 
-/** The longest input the position table allows (special tokens included). */
-export function maxSequenceLength(config: EncoderConfig): number {
-  return config.positions === 'after-padding'
-    ? config.maxPositions - config.padTokenId - 1
-    : config.maxPositions;
-}
-
 /**
  * Emits the encoder into `g` over existing `inputIds` / `attentionMask` tensors, calling every
  * hook as src/onnx/encoder-hooks.ts says, and returns the last hidden state.
