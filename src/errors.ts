@@ -37,11 +37,32 @@ export const ERROR_CATALOGUE = {
   ROUTING_INVALID_K: { status: 422, summary: 'top-k is outside 1..(adapters in the group).' },
   ROUTING_NO_ADAPTER_LEFT: { status: 422, summary: 'Excludes leave a group with no adapter.' },
   ROUTING_PIN_REQUIRED: { status: 422, summary: 'A group without a gate needs an adapter pinned.' },
+  ROUTING_CONFLICT: {
+    status: 422,
+    summary: 'Two routing fields of the request ask different things of one group.',
+  },
+  ROUTING_INVALID_WEIGHTS: {
+    status: 422,
+    summary: 'Explicit adapter weights are negative or do not sum to 1.',
+  },
+  ROUTING_INVALID_TOP_P: { status: 422, summary: 'top-p is outside (0, 1].' },
   // Adapter registry
   ADAPTER_NOT_FOUND: { status: 404, summary: 'No adapter with this id is registered.' },
   ADAPTER_INVALID: { status: 422, summary: 'The adapter folder is not a valid adapter.' },
   ADAPTER_BUSY: { status: 409, summary: 'The adapter is being loaded or unloaded.' },
   ADAPTER_LAST_IN_GROUP: { status: 409, summary: 'A group must keep at least one adapter.' },
+  ADAPTER_IN_USE: {
+    status: 409,
+    summary: 'The adapter is a default of its group or pinned by a task; it cannot be unloaded.',
+  },
+  ADAPTER_SLOTS_FULL: {
+    status: 409,
+    summary: 'Every slot of the group holds an adapter its gate can choose; unload one first.',
+  },
+  ADAPTER_SLOTS_BUSY: {
+    status: 503,
+    summary: 'No slot can take the adapter right now (all hold adapters in use); retry shortly.',
+  },
   // Admission and deadlines
   OVERLOADED: { status: 429, summary: 'Too much work is queued; retry after the delay given.' },
   REQUEST_TIMEOUT: { status: 504, summary: 'The request was not answered before its deadline.' },
@@ -71,6 +92,10 @@ export const ERROR_CATALOGUE = {
   // Engine
   ENGINE_WORKER_CRASHED: { status: 503, summary: 'The engine worker running the batch died.' },
   ENGINE_CLOSED: { status: 503, summary: 'The engine is shutting down.' },
+  ENGINE_TIMEOUT: {
+    status: 503,
+    summary: 'The engine did not finish in time; its worker is being replaced.',
+  },
   ENGINE_FAILED: { status: 500, summary: 'The engine failed to run a batch.' },
   INTERNAL: { status: 500, summary: 'An unexpected server error; the log has the details.' },
   ENGINE_PROVIDER_UNAVAILABLE: { status: 500, summary: 'The execution provider cannot start.' },

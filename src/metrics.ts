@@ -65,7 +65,7 @@ export class Metrics {
 
   readonly stageDuration = new client.Histogram({
     name: 'moe_stage_duration_seconds',
-    help: 'Time per stage of the request path: tokenize, queue (per item), backbone and mixture (per batch).',
+    help: 'Time per stage of the request path: tokenize, queue (per item), forward (the model run, per batch).',
     labelNames: ['stage'] as const,
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
@@ -93,9 +93,25 @@ export class Metrics {
 
   readonly gateEntropy = new client.Histogram({
     name: 'moe_gate_entropy_nats',
-    help: 'Entropy of the routing weights of an item in a group (0: one adapter took everything).',
+    help: "Entropy of a gated group's gate distribution over all its experts, per item, before any request pin or exclude (0: certain; ln E: no idea).",
     labelNames: ['group'] as const,
     buckets: [0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1, 1.5, 2, 3],
+    registers: [this.registry],
+  });
+
+  readonly gateMargin = new client.Histogram({
+    name: 'moe_gate_margin',
+    help: "Top-1 minus top-2 probability of a gated group's gate, per item (near 0: the gate hesitates between two adapters).",
+    labelNames: ['group'] as const,
+    buckets: [0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 1],
+    registers: [this.registry],
+  });
+
+  readonly routedExperts = new client.Histogram({
+    name: 'moe_routed_experts',
+    help: 'Adapters mixed for an item in a group (k after top-p, pins and explicit weights).',
+    labelNames: ['group'] as const,
+    buckets: [1, 2, 3, 4, 6, 8, 16],
     registers: [this.registry],
   });
 
@@ -108,7 +124,7 @@ export class Metrics {
 
   readonly adapterOperationDuration = new client.Histogram({
     name: 'moe_adapter_operation_duration_seconds',
-    help: 'Time to load or unload an adapter, compile the mixture graph and swap it in every worker.',
+    help: 'Time to load or unload an adapter: read and check the folder, write it into a slot in every engine worker.',
     labelNames: ['operation'] as const,
     buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: [this.registry],
@@ -117,6 +133,20 @@ export class Metrics {
   readonly adaptersLoaded = new client.Gauge({
     name: 'moe_adapters_loaded',
     help: 'Adapters served, by group.',
+    labelNames: ['group'] as const,
+    registers: [this.registry],
+  });
+
+  readonly adapterSlots = new client.Gauge({
+    name: 'moe_adapter_slots',
+    help: "Engine slots of a group: 'capacity', and 'used' by adapters (the rest of the group's adapters wait in the host cache).",
+    labelNames: ['group', 'state'] as const,
+    registers: [this.registry],
+  });
+
+  readonly adapterSlotMisses = new client.Counter({
+    name: 'moe_adapter_slot_misses_total',
+    help: 'Batches that needed an adapter not in a slot, which was then written into one (evicting the least recently used).',
     labelNames: ['group'] as const,
     registers: [this.registry],
   });

@@ -1,16 +1,14 @@
 /**
  * A small demo build (SMALL_CONFIG, what `build-demo-pack --small` builds), checked the way the
- * server will use it: the pack is loaded by the pack loader, the mixture graph is compiled by the
- * project's compiler and run with ORT after the pack's ONNX backbone, and the accuracies that this
- * served path gives on the held-out sentences must be those of report.json, well above chance.
+ * server will use it: the pack is opened as the server opens it (pack graph, engine workers, slots)
+ * and the accuracies that this served path gives on the held-out sentences must be those of
+ * report.json, well above chance.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { basename, join, relative } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import * as ort from 'onnxruntime-node';
-import { BackboneRunner } from '../src/demo/backbone.js';
 import {
   buildDemoPack,
   DEMO_REPORT_FILE,
@@ -20,18 +18,7 @@ import {
 } from '../src/demo/build.js';
 import { loadDemoCorpus } from '../src/demo/corpus.js';
 import { FRESH_SENTENCES } from '../src/demo/fresh.js';
-import { TextTokenizer } from '../src/inference/tokenizer.js';
-import { compileMixture } from '../src/onnx/mixture.js';
-import {
-  groupBiasName,
-  groupExpertsName,
-  groupKmaxName,
-  groupKName,
-  headScoresName,
-  MIXTURE_INPUT_HIDDEN,
-  MIXTURE_INPUT_MASK,
-  ROUTE_PINNED,
-} from '../src/onnx/mixture-contract.js';
+import { Model } from '../src/inference/model.js';
 import { type LoadedPack, loadPack } from '../src/pack/load.js';
 
 interface Served {
@@ -41,57 +28,30 @@ interface Served {
   readonly answers: number[][];
 }
 
-/** Runs texts through the pack as the server does: tokenizer, backbone, compiled mixture graph. */
+/**
+ * Runs texts through the pack as the server does (tokenizer, the pack graph in engine workers),
+ * once per head with that head's task (its pin routes the task group).
+ */
 async function serve(pack: LoadedPack, texts: readonly string[]): Promise<Served> {
-  const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
-  const ids = texts.map((t) => tokenizer.encode(t, 'truncate').ids);
-  if (pack.backbone.kind !== 'onnx') throw new Error('the demo pack has an ONNX file backbone');
-  const runner = await BackboneRunner.create(pack.backbone.path, pack.hiddenSize, 2);
-  const states = await runner.states(ids).finally(() => runner.release());
-  const graph = compileMixture({
-    hiddenSize: pack.hiddenSize,
-    groups: pack.groups.map((g) => ({ id: g.id, adapters: g.adapters, gate: g.gate })),
-    heads: pack.heads,
-  });
-  const session = await ort.InferenceSession.create(graph, { intraOpNumThreads: 2 });
-  const d = pack.hiddenSize;
-  const language = pack.groups[0]!;
-  const task = pack.groups[1]!;
+  const model = await Model.open({ packDir: pack.dir, engine: { workers: 1, intraOpThreads: 2 } });
   const routed: string[] = [];
   const answers: number[][] = pack.heads.map(() => []);
   try {
-    for (let i = 0; i < texts.length; i++) {
-      const T = ids[i]!.length;
-      for (const [j, head] of pack.heads.entries()) {
-        // One item per run: the head's pin decides the task group's adapter (k = 1).
-        const pinned = task.adapters.findIndex((a) => a.id === head.pin?.adapter);
-        const taskBias = new Float32Array(task.adapters.length);
-        taskBias[pinned] = ROUTE_PINNED;
-        const feeds: Record<string, ort.Tensor> = {
-          [MIXTURE_INPUT_HIDDEN]: new ort.Tensor('float32', states[i]!, [1, T, d]),
-          [MIXTURE_INPUT_MASK]: new ort.Tensor('int64', new BigInt64Array(T).fill(1n), [1, T]),
-          [groupBiasName(0)]: new ort.Tensor(
-            'float32',
-            new Float32Array(language.adapters.length),
-            [1, language.adapters.length],
-          ),
-          [groupKName(0)]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
-          [groupKmaxName(0)]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
-          [groupBiasName(1)]: new ort.Tensor('float32', taskBias, [1, task.adapters.length]),
-          [groupKName(1)]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
-          [groupKmaxName(1)]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
-        };
-        const out = await session.run(feeds);
-        if (j === 0) {
-          const expert = Number((out[groupExpertsName(0)]!.data as BigInt64Array)[0]);
-          routed.push(language.adapters[expert]!.id);
+    for (const [j, head] of pack.heads.entries()) {
+      for (let start = 0; start < texts.length; start += 16) {
+        const results = await model.infer({
+          inputs: texts.slice(start, start + 16),
+          task: head.id,
+        });
+        for (const result of results) {
+          if (j === 0) routed.push(result.routing[pack.groups[0]!.id]![0]!.adapter);
+          const output = result.outputs[head.id]!;
+          answers[j]!.push(head.labels.indexOf(output.label));
         }
-        const scores = out[headScoresName(j)]!.data as Float32Array;
-        answers[j]!.push(scores.indexOf(Math.max(...scores)));
       }
     }
   } finally {
-    await session.release();
+    await model.close();
   }
   return { routed, answers };
 }
@@ -147,7 +107,7 @@ describe('demo pack (small build)', () => {
     const [language, task] = pack.groups;
     assert.equal(language!.id, 'language');
     assert.equal(language!.adapters.length, SMALL_CONFIG.languages.length);
-    assert.equal(language!.gate?.type, 'linear');
+    assert.equal(language!.gate?.type, report.gate_selection.chosen);
     assert.equal(task!.id, 'task');
     assert.equal(task!.gate, null);
     assert.deepEqual(
@@ -246,7 +206,11 @@ describe('demo pack (small build)', () => {
     const files = await listFiles(dir);
     assert.deepEqual(await listFiles(second), files);
     assert.deepEqual(
-      await readdir(join(second, '..')).then((n) => n.filter((f) => f.endsWith('.building'))),
+      // Only this build's staging folder: the temp folder is shared with other builds (the full
+      // demo pack of test/support/full-demo.ts, other test runs) that may be under way.
+      await readdir(join(second, '..')).then((n) =>
+        n.filter((f) => [dir, second].some((d) => f === `${basename(d)}.building`)),
+      ),
       [],
     );
     assert.ok(files.includes('backbone.onnx') && files.includes('tokenizer.json'));

@@ -104,7 +104,7 @@ describe('engine on a fixture pack', () => {
   });
 
   it('honours a different pin, exclude and k for each item of one batch', async () => {
-    const languages = model.engine.layout.groups[0]!.adapters;
+    const languages = model.view.groups[0]!.adapters;
     const [first, second] = languages;
     const pinningHead = model.pack.heads.find((head) => head.pin !== undefined)!;
     const items = [
@@ -200,23 +200,21 @@ describe('adapter registry', () => {
       residual: true,
     });
     await writeAdapterFolder(adapterDir, adapter);
-    const before = model.engine.layout.version;
     const info = await model.registry.load(adapterDir);
     assert.equal(info.state, 'ready');
     assert.equal(info.gated, false);
     assert.equal(info.rank, 3);
-    assert.ok(model.engine.layout.version > before);
     const [pinned] = await model.infer({ inputs: [TEXTS[0]!], adapters: { language: 'extra' } });
     assert.deepEqual(pinned!.routing.language, [{ adapter: 'extra', weight: 1 }]);
-    const size = model.engine.layout.groups[0]!.adapters.length;
+    const size = model.view.groups[0]!.adapters.length;
     const routed = await model.infer({ inputs: TEXTS, topK: size - 1 });
     for (const result of routed) {
       assert.ok(!result.routing.language!.some((r) => r.adapter === 'extra'));
     }
     // Loading the same folder again changes nothing.
-    const version = model.engine.layout.version;
+    const loadedAt = model.registry.get('extra')!.loadedAt;
     await model.registry.load(adapterDir);
-    assert.equal(model.engine.layout.version, version);
+    assert.equal(model.registry.get('extra')!.loadedAt, loadedAt);
   });
 
   it('unloads it: pinning it is then a clear error', async () => {
@@ -245,14 +243,12 @@ describe('adapter registry', () => {
       Buffer.from('\x10\x00\x00\x00\x00\x00\x00\x00{"down.wei'),
     );
     const listed = model.registry.list().map((a) => [a.id, a.state]);
-    const version = model.engine.layout.version;
     const error = await rejectsWith(model.registry.load(dir), 'ADAPTER_INVALID');
     assert.match(error.message, /adapter\.safetensors/);
     assert.deepEqual(
       model.registry.list().map((a) => [a.id, a.state]),
       listed,
     );
-    assert.equal(model.engine.layout.version, version);
   });
 
   it('rejects an adapter whose hidden size does not match the backbone', async () => {
@@ -272,48 +268,170 @@ describe('adapter registry', () => {
     assert.match(error.message, /hidden/);
   });
 
-  it('keeps every batch alive while adapters are loaded and unloaded under load', async () => {
+  it('replaces and unloads adapters while batches use them: every answer is one whole version', async () => {
+    const versions = [0, 1, 2].map((v) =>
+      randomAdapter(new Random(500 + v), {
+        id: 'hot',
+        group: 'language',
+        hiddenSize: model.pack.hiddenSize,
+        rank: 2 + v,
+        activation: model.pack.groups[0]!.adapters[0]!.activation,
+        residual: v !== 1,
+      }),
+    );
     const dirs: string[] = [];
-    for (let i = 0; i < 4; i++) {
-      const dir = join(root, `hot-${i}`);
-      await writeAdapterFolder(
-        dir,
-        randomAdapter(rng, {
-          id: `hot-${i}`,
-          group: 'language',
-          hiddenSize: model.pack.hiddenSize,
-          rank: 2 + i,
-          activation: model.pack.groups[0]!.adapters[0]!.activation,
-          residual: i % 2 === 0,
-        }),
-      );
+    for (const [v, adapter] of versions.entries()) {
+      const dir = join(root, `hot-v${v}`);
+      await writeAdapterFolder(dir, adapter);
       dirs.push(dir);
     }
+    // The answer of each version, computed while nothing else happens.
+    const request = { inputs: TEXTS, adapters: { language: 'hot' } };
+    const expected: Float32Array[][] = [];
+    for (const dir of dirs) {
+      await model.registry.load(dir);
+      expected.push((await model.infer(request)).map((r) => r.embedding));
+    }
+    await model.registry.unload('hot');
+    const seen = new Set<number>();
+    let answered = 0;
+    let refused = 0;
     let stop = false;
-    let batches = 0;
-    const versions = new Set<number>();
     const stream = async () => {
       while (!stop) {
-        const outcome = await model.engine.run(model.prepare({ inputs: TEXTS, topK: 2 }));
-        assert.ok(outcome.items.every((item) => item.ok));
-        versions.add(outcome.version);
-        batches++;
+        const outcome = await model.engine.run(
+          model
+            .prepare({ inputs: TEXTS })
+            .map((item) => ({ ...item, routing: { pins: { language: 'hot' } } })),
+        );
+        for (const [i, item] of outcome.items.entries()) {
+          if (!item.ok) {
+            assert.equal(item.error.code, 'ROUTING_UNKNOWN_ADAPTER', item.error.message);
+            refused++;
+            continue;
+          }
+          const version = expected.findIndex(
+            (answers) => maxAbsDiff(answers[i]!, item.result.embedding) < 1e-5,
+          );
+          assert.ok(version >= 0, `item ${i}: an answer that is no whole version of 'hot'`);
+          seen.add(version);
+          answered++;
+        }
+        // A batch refused whole resolves at once: let the loads and unloads run in between.
+        await new Promise(setImmediate);
       }
     };
     const streams = [stream(), stream(), stream()];
-    for (const [i, dir] of dirs.entries()) {
-      await model.registry.load(dir);
-      if (i > 0) await model.registry.unload(`hot-${i - 1}`);
+    for (let round = 0; round < 3; round++) {
+      for (const dir of dirs) await model.registry.load(dir);
+      await model.registry.unload('hot');
     }
-    await model.registry.unload('hot-3');
+    await model.registry.load(dirs[0]!);
     stop = true;
     await Promise.all(streams);
-    assert.ok(batches > 10, `only ${batches} batches ran`);
-    assert.ok(versions.size >= 3, `batches saw ${versions.size} graph versions`);
-    assert.deepEqual(
-      model.registry.list().filter((a) => a.id.startsWith('hot-')),
-      [],
-    );
+    assert.ok(answered > 20, `only ${answered} answers`);
+    assert.ok(seen.size >= 2, `answers came from ${seen.size} version(s) only`);
+    assert.ok(refused >= 0);
+    await model.registry.unload('hot');
+    assert.equal(model.registry.get('hot'), undefined);
+  });
+
+  it('refuses to unload the default adapter of a group: unpinned requests keep working', async () => {
+    const error = await rejectsWith(model.registry.unload('topic'), 'ADAPTER_IN_USE');
+    assert.match(error.message, /default adapter of group 'task'/);
+    const [answer] = await model.infer({ inputs: [TEXTS[0]!] });
+    assert.deepEqual(answer!.routing.task, [{ adapter: 'topic', weight: 1 }]);
+  });
+});
+
+describe('slots: more adapters than slots', () => {
+  let model: Model;
+  let roomy: Model;
+  const ids = ['pin0', 'pin1', 'pin2', 'pin3'];
+  before(async () => {
+    // 4 gated language adapters hold 4 of the 5 slots: one slot for every pin-only adapter.
+    const tight = await buildFixturePack(join(root, 'tight'), { seed: 7, languageSlots: 5 });
+    model = await Model.open({ packDir: tight, engine: { workers: 2, intraOpThreads: 1 } });
+    roomy = await Model.open({ packDir, engine: { workers: 1, intraOpThreads: 1 } });
+    const rng = new Random(1234);
+    for (const id of ids) {
+      const dir = join(root, `slots-${id}`);
+      await writeAdapterFolder(
+        dir,
+        randomAdapter(rng, {
+          id,
+          group: 'language',
+          hiddenSize: model.pack.hiddenSize,
+          rank: 4,
+          activation: model.pack.groups[0]!.adapters[0]!.activation,
+          residual: true,
+        }),
+      );
+      await model.registry.load(dir);
+      await roomy.registry.load(dir);
+    }
+  });
+  after(async () => {
+    await model.close();
+    await roomy.close();
+  });
+
+  it('serves every adapter: evicted ones are written back when a request needs them', async () => {
+    const misses: string[] = [];
+    model.engine.on('slot-miss', (e) => misses.push(e.adapter));
+    for (const round of [0, 1]) {
+      for (const id of round === 0 ? ids : [...ids].reverse()) {
+        const [got] = await model.infer({ inputs: [TEXTS[0]!], adapters: { language: id } });
+        const [want] = await roomy.infer({ inputs: [TEXTS[0]!], adapters: { language: id } });
+        assert.deepEqual(got!.routing.language, [{ adapter: id, weight: 1 }]);
+        assert.ok(
+          maxAbsDiff(got!.embedding, want!.embedding) < 1e-5,
+          `${id}: another adapter's weights`,
+        );
+      }
+    }
+    assert.ok(misses.length >= 4, `misses: ${misses.join(', ')}`);
+    const usage = model.engine.slotUsage().find((u) => u.group === 'language')!;
+    assert.deepEqual([usage.used, usage.slots, usage.cached], [5, 5, 8]);
+    // The gate still routes among its own adapters, never to a pin-only one.
+    for (const result of await model.infer({ inputs: TEXTS, topK: 4 })) {
+      assert.ok(result.routing.language!.every((r) => !ids.includes(r.adapter)));
+    }
+  });
+
+  it('one batch needing more pin-only adapters than free slots: the rest get a retriable 503', async () => {
+    const items = ids.slice(0, 2).map((id) => ({
+      ...model.prepare({ inputs: [TEXTS[1]!] })[0]!,
+      routing: { pins: { language: id } },
+    }));
+    const outcome = await model.engine.run(items);
+    const failed = outcome.items.filter((item) => !item.ok);
+    assert.equal(failed.length, 1);
+    assert.equal(!failed[0]!.ok && failed[0]!.error.code, 'ADAPTER_SLOTS_BUSY');
+    assert.equal(!failed[0]!.ok && failed[0]!.error.status, 503);
+  });
+});
+
+describe('engine watchdog', () => {
+  it('fails a batch that runs past its limit with ENGINE_TIMEOUT and replaces the worker', async () => {
+    const model = await Model.open({
+      packDir,
+      engine: { workers: 1, intraOpThreads: 1, batchTimeoutMs: 300, allowFaultInjection: true },
+    });
+    try {
+      const items = model.prepare({ inputs: TEXTS });
+      await model.engine.run(items);
+      model.engine.stallWorkerForTest(0, 2000);
+      const error = await rejectsWith(model.engine.run(items), 'ENGINE_TIMEOUT');
+      assert.equal(error.status, 503);
+      assert.equal(model.engine.workerRestarts, 1);
+      // The replacement serves (the wedged worker stops once its stall ends).
+      const outcome = await model.engine.run(items);
+      assert.ok(outcome.items.every((item) => item.ok));
+      assert.equal(model.engine.readyWorkers, 1);
+    } finally {
+      await model.close();
+    }
   });
 });
 

@@ -127,7 +127,7 @@ function load(base: string): Promise<Outcome[]> {
           raw.map((o) => ({
             status: o.status,
             tokens: o.tokens,
-            backboneMs: serverTiming(o.timing).backbone ?? Number.NaN,
+            backboneMs: serverTiming(o.timing).forward ?? Number.NaN,
             ...(o.error === undefined ? {} : { error: o.error }),
           })),
         ),

@@ -468,10 +468,10 @@ describe('happy paths, checked against the OpenAPI document', () => {
     const response = await infer(app, { inputs: [TEXTS[0]!] });
     assert.equal(response.statusCode, 200);
     const stages = serverTiming(String(response.headers['server-timing']));
-    assert.deepEqual(Object.keys(stages), ['tokenize', 'queue', 'backbone', 'mixture']);
+    assert.deepEqual(Object.keys(stages), ['tokenize', 'queue', 'forward']);
     for (const [stage, ms] of Object.entries(stages))
       assert.ok(ms >= 0 && Number.isFinite(ms), `${stage}=${ms}`);
-    assert.ok(stages.backbone! > 0, 'the backbone ran in no time');
+    assert.ok(stages.forward! > 0, 'the model ran in no time');
   });
 
   it('lists the model with its groups, adapters and tasks, then one composition per adapter', async () => {
@@ -554,8 +554,8 @@ describe('happy paths, checked against the OpenAPI document', () => {
     for (const name of names) assert.match(text, new RegExp(`^# TYPE ${name} `, 'm'), name);
     assert.ok(metric(text, 'moe_batch_size_items_count') >= 1);
     assert.ok(metric(text, 'moe_batch_size_items_sum') >= TEXTS.length);
-    assert.ok(metric(text, 'moe_stage_duration_seconds_count', { stage: 'backbone' }) >= 1);
-    assert.ok(metric(text, 'moe_stage_duration_seconds_sum', { stage: 'backbone' }) > 0);
+    assert.ok(metric(text, 'moe_stage_duration_seconds_count', { stage: 'forward' }) >= 1);
+    assert.ok(metric(text, 'moe_stage_duration_seconds_sum', { stage: 'forward' }) > 0);
     assert.ok(metric(text, 'moe_input_tokens_total') > 0);
     assert.ok(
       metric(text, 'moe_http_requests_total', {
@@ -1125,18 +1125,19 @@ describe('admin routes with a key: auth, adapter load, use and unload', () => {
     }
   });
 
-  it('refuses to unload the last adapter of a group with 409', async () => {
-    const response = await service.app.inject({
-      method: 'DELETE',
-      url: '/v1/adapters/sentiment',
-      headers: bearer,
-    });
-    assert.equal(response.statusCode, 200, response.body);
-    assertError(
-      await service.app.inject({ method: 'DELETE', url: '/v1/adapters/topic', headers: bearer }),
-      409,
-      'ADAPTER_LAST_IN_GROUP',
-    );
+  it('refuses with 409 to unload an adapter requests use without naming it, and the last of a group', async () => {
+    const unload = (id: string) =>
+      service.app.inject({ method: 'DELETE', url: `/v1/adapters/${id}`, headers: bearer });
+    // 'topic' is the task group's default adapter (and the topic task pins it).
+    const isDefault = assertError(await unload('topic'), 409, 'ADAPTER_IN_USE');
+    assert.match(isDefault.message, /default adapter of group 'task'/);
+    assert.equal((await unload('sentiment')).statusCode, 200);
+    // Requests that name no task adapter still route through the default.
+    const answer = await infer(service.app, { inputs: [TEXTS[0]!] });
+    assert.equal(answer.statusCode, 200, answer.body);
+    assertError(await unload('topic'), 409, 'ADAPTER_IN_USE');
+    for (const id of LANGUAGES.slice(1)) assert.equal((await unload(id)).statusCode, 200);
+    assertError(await unload(LANGUAGES[0]!), 409, 'ADAPTER_LAST_IN_GROUP');
   });
 });
 

@@ -3,9 +3,16 @@ import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { ModelFrontend } from '../src/inference/model.js';
+import { TextTokenizer } from '../src/inference/tokenizer.js';
 import { PackError, type PackErrorCode } from '../src/pack/errors.js';
-import { buildFixturePack, randomAdapter, writeAdapterFolder } from '../src/pack/fixture.js';
-import { loadAdapterFolder, loadPack } from '../src/pack/load.js';
+import {
+  buildFixturePack,
+  FIXTURE_BIGRAM_BUCKETS,
+  randomAdapter,
+  writeAdapterFolder,
+} from '../src/pack/fixture.js';
+import { checkTokenizerFitsGates, loadAdapterFolder, loadPack } from '../src/pack/load.js';
 import { readSafetensors, writeSafetensors } from '../src/pack/safetensors.js';
 import { Random } from '../src/util/random.js';
 
@@ -538,6 +545,154 @@ describe('loadPack errors', () => {
       file: weights,
       field: 'down.bias',
     });
+  });
+});
+
+describe('token_bag gates', () => {
+  let tb: string;
+  let vocabSize: number;
+  before(async () => {
+    tb = join(root, 'token-bag');
+    await buildFixturePack(tb, { seed: 4, gate: 'token_bag' });
+    vocabSize = (await TextTokenizer.load(join(tb, 'tokenizer.json'), 32)).vocabSize;
+  });
+  async function copyTokenBag(): Promise<{ dir: string; gate: string }> {
+    const dir = join(root, `tb-case${copies++}`);
+    await cp(tb, dir, { recursive: true });
+    return { dir, gate: join(dir, 'gates/language.safetensors') };
+  }
+  const f32 = (shape: number[]) => ({
+    shape,
+    data: new Float32Array(shape.reduce((a, b) => a * b, 1)),
+  });
+
+  test('the fixture loads: a table over the vocabulary and the buckets, no hidden layer', async () => {
+    const pack = await loadPack(tb);
+    const gate = pack.groups[0]!.gate;
+    assert.equal(gate?.type, 'token_bag');
+    if (gate?.type !== 'token_bag') return;
+    assert.equal(gate.buckets, FIXTURE_BIGRAM_BUCKETS);
+    assert.deepEqual(gate.embedding.shape, [vocabSize + FIXTURE_BIGRAM_BUCKETS, 8]);
+    assert.deepEqual(gate.outWeight.shape, [8, 4]);
+    assert.equal(gate.hidden, undefined);
+    assert.equal(pack.groups[0]!.gateFile, join(tb, 'gates/language.safetensors'));
+    checkTokenizerFitsGates(pack, vocabSize);
+  });
+
+  test('bigram_buckets: required for token_bag, refused elsewhere', async () => {
+    const { dir } = await copyTokenBag();
+    await editJson(manifestOf(dir), (m) => {
+      delete m.groups[0].gate.bigram_buckets;
+    });
+    await expectPackError(loadPack(dir), {
+      code: 'PACK_INVALID_MANIFEST',
+      file: manifestOf(dir),
+      field: '/groups/0/gate/bigram_buckets',
+      message: /required for a 'token_bag' gate/,
+    });
+    const linear = await copyPack();
+    await editJson(manifestOf(linear), (m) => {
+      m.groups[0].gate.bigram_buckets = 8;
+    });
+    await expectPackError(loadPack(linear), {
+      code: 'PACK_INVALID_MANIFEST',
+      file: manifestOf(linear),
+      field: '/groups/0/gate/bigram_buckets',
+    });
+    await editJson(manifestOf(dir), (m) => {
+      m.groups[0].gate.bigram_buckets = -1;
+    });
+    await expectPackError(loadPack(dir), {
+      code: 'PACK_INVALID_MANIFEST',
+      file: manifestOf(dir),
+      field: '/groups/0/gate/bigram_buckets',
+    });
+  });
+
+  test('tensor shapes: table rows beyond the buckets, out layer width and experts', async () => {
+    const { dir, gate } = await copyTokenBag();
+    await writeSafetensors(gate, {
+      'embedding.weight': f32([FIXTURE_BIGRAM_BUCKETS, 8]),
+      'out.weight': f32([8, 4]),
+      'out.bias': f32([4]),
+    });
+    await expectPackError(loadPack(dir), {
+      code: 'PACK_SHAPE_MISMATCH',
+      file: gate,
+      field: 'embedding.weight',
+    });
+    await writeSafetensors(gate, {
+      'embedding.weight': f32([vocabSize + FIXTURE_BIGRAM_BUCKETS, 8]),
+      'out.weight': f32([6, 4]),
+      'out.bias': f32([4]),
+    });
+    await expectPackError(loadPack(dir), {
+      code: 'PACK_SHAPE_MISMATCH',
+      file: gate,
+      field: 'out.weight',
+      message: /\[6,4\] must be \[embedding width, experts\] = \[8,4\]/,
+    });
+    await writeSafetensors(gate, {
+      'embedding.weight': f32([vocabSize + FIXTURE_BIGRAM_BUCKETS, 8]),
+      'out.weight': f32([8, 3]),
+      'out.bias': f32([3]),
+    });
+    await expectPackError(loadPack(dir), {
+      code: 'PACK_SHAPE_MISMATCH',
+      file: gate,
+      field: 'out.weight',
+    });
+  });
+
+  test('a hidden layer comes with an activation, and only then', async () => {
+    const { dir, gate } = await copyTokenBag();
+    await editJson(manifestOf(dir), (m) => {
+      m.groups[0].gate.activation = 'relu';
+    });
+    await expectPackError(loadPack(dir), {
+      code: 'PACK_MISSING_TENSOR',
+      file: gate,
+      field: 'hidden.weight',
+    });
+    const rows = vocabSize + FIXTURE_BIGRAM_BUCKETS;
+    await writeSafetensors(gate, {
+      'embedding.weight': f32([rows, 8]),
+      'hidden.weight': f32([8, 5]),
+      'hidden.bias': f32([5]),
+      'out.weight': f32([5, 4]),
+      'out.bias': f32([4]),
+    });
+    const pack = await loadPack(dir);
+    const loaded = pack.groups[0]!.gate;
+    assert.ok(loaded?.type === 'token_bag' && loaded.hidden?.activation === 'relu');
+    assert.deepEqual(loaded.hidden.weight.shape, [8, 5]);
+    await editJson(manifestOf(dir), (m) => {
+      delete m.groups[0].gate.activation;
+    });
+    await expectPackError(loadPack(dir), {
+      code: 'PACK_UNEXPECTED_TENSOR',
+      file: gate,
+      field: 'hidden.weight',
+    });
+  });
+
+  test('a table with fewer token rows than the tokenizer has ids is refused once both are known', async () => {
+    const { dir, gate } = await copyTokenBag();
+    await writeSafetensors(gate, {
+      'embedding.weight': f32([vocabSize - 1 + FIXTURE_BIGRAM_BUCKETS, 8]),
+      'out.weight': f32([8, 4]),
+      'out.bias': f32([4]),
+    });
+    const pack = await loadPack(dir); // the loader alone cannot tell
+    const expected = {
+      code: 'PACK_SHAPE_MISMATCH' as const,
+      file: gate,
+      field: 'embedding.weight',
+      message: new RegExp(`has ${vocabSize - 1} token rows .* has ${vocabSize} token ids`),
+    };
+    await expectPackError((async () => checkTokenizerFitsGates(pack, vocabSize))(), expected);
+    // ...and the served model checks it at open, before any engine starts.
+    await expectPackError(ModelFrontend.open({ packDir: dir }), expected);
   });
 });
 

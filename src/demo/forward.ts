@@ -1,18 +1,20 @@
 /**
  * A plain-JS forward pass of a demo pack's trained parts, from the weights exactly as the pack
  * stores them (float32, math layout), following src/onnx/mixture-contract.ts: the language gate
- * over the masked mean of the backbone states, top-k and softmax over the selected logits, the
+ * (a linear gate over the masked mean of the backbone states, or a token_bag gate over the token
+ * ids), top-k and softmax over the selected logits, the
  * weighted sum of residual adapters, then for each head its pinned task adapter (k = 1), the
  * un-normalised masked mean, and the head's softmax. The report's accuracies come from this.
  */
-import type { BottleneckAdapter, Head, LinearGate } from '../pack/types.js';
+import type { BottleneckAdapter, Head, LinearGate, TokenBagGate } from '../pack/types.js';
 import { matmulABt, softmaxInPlace, transpose } from './kernels.js';
+import { tokenBagGateLogits } from './token-bag.js';
 import { linearLogits, meanPool, topK } from './train.js';
 
 export interface DemoParts {
   readonly hiddenSize: number;
   /** Scores the language adapters, column j = language[j]. */
-  readonly gate: LinearGate;
+  readonly gate: LinearGate | TokenBagGate;
   readonly languageK: number;
   readonly language: readonly BottleneckAdapter[];
   /** Each head with the task adapter its pin selects. */
@@ -76,19 +78,25 @@ function applyAdapter(a: PreparedAdapter, h: Float64Array, T: number, d: number)
   return out;
 }
 
-/** Returns predict(hidden, length), hidden being the backbone's [length,d] real-token states. */
+/**
+ * Returns predict(hidden, ids, k): hidden is the backbone's [length,d] states of the item's real
+ * tokens, ids those tokens (length = ids.length).
+ */
 export function createPredictor(
   parts: DemoParts,
-): (hidden: ArrayLike<number>, length: number, k?: number) => DemoPrediction {
+): (hidden: ArrayLike<number>, ids: ArrayLike<number>, k?: number) => DemoPrediction {
   const d = parts.hiddenSize;
   const language = parts.language.map(prepare);
   const tasks = parts.tasks.map((t) => ({ adapter: prepare(t.adapter), head: t.head }));
-  return (hidden, length, k = parts.languageK) => {
+  const gate = parts.gate;
+  return (hidden, ids, k = parts.languageK) => {
+    const length = ids.length;
     const h0 = Float64Array.from({ length: length * d }, (_, i) => hidden[i]!);
-    const route = topK(
-      linearLogits(meanPool(h0, length, d), parts.gate.weight.data, parts.gate.bias.data),
-      k,
-    );
+    const logits =
+      gate.type === 'token_bag'
+        ? tokenBagGateLogits(gate, ids)
+        : linearLogits(meanPool(h0, length, d), gate.weight.data, gate.bias.data);
+    const route = topK(logits, k);
     const h1 = new Float64Array(length * d);
     route.experts.forEach((e, slot) => {
       const y = applyAdapter(language[e]!, h0, length, d);

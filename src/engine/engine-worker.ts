@@ -1,47 +1,78 @@
 /**
- * Engine worker thread: owns the ORT sessions (the backbone, and one mixture session per live
- * mixture version) and runs batches. session.run() blocks this thread for the whole forward pass,
- * which is why it lives here and never on the HTTP thread (FIELD-NOTES: onnxruntime-node).
+ * Engine worker thread: owns the ORT session of the pack graph (and of an external ONNX backbone,
+ * for export folders), owns the slot banks, and runs batches. session.run() blocks this thread for
+ * the whole forward pass, which is why it lives here and never on the HTTP thread (FIELD-NOTES).
  *
- * Messages are handled strictly one at a time, in arrival order: a graph swap or a stop that
- * arrives while a batch runs waits for that batch to finish.
+ * Slot banks are graph inputs backed by typed arrays this worker allocates once. onnxruntime-node
+ * hands CPU inputs to the session without copying them (FIELD-NOTES: a 1 GB input costs 0.4 ms
+ * per run), so a slot write is a copy into the array and nothing else: the next run sees it.
+ *
+ * Messages are handled strictly one at a time, in arrival order: a slot write or a stop that
+ * arrives while a batch runs waits for that batch to finish (the host's correctness relies on it).
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
+import { slotWrites } from '../adapters/slot-writer.js';
 import {
+  GRAPH_INPUT_HIDDEN,
+  GRAPH_INPUT_IDS,
+  GRAPH_INPUT_MASK,
+  GRAPH_OUTPUT_EMBEDDING,
   groupBiasName,
+  groupEntropyName,
   groupExpertsName,
+  groupGateScaleName,
   groupKmaxName,
   groupKName,
+  groupKUsedName,
+  groupMarginName,
+  groupTopPName,
   groupWeightsName,
   headScoresName,
-  MIXTURE_INPUT_HIDDEN,
-  MIXTURE_INPUT_MASK,
-  MIXTURE_OUTPUT_EMBEDDING,
-} from '../onnx/mixture-contract.js';
+  rowSize,
+} from '../onnx/pack-graph-contract.js';
 import type {
   HostMessage,
-  MixtureGraph,
   RunRequest,
   SessionSettings,
+  SlotWriteRequest,
   WorkerInit,
   WorkerMessage,
 } from './protocol.js';
 
 const BACKBONE_OUTPUT = 'last_hidden_state';
 
-interface MixtureSession {
-  readonly session: ort.InferenceSession;
-  readonly groupCount: number;
-  readonly headCount: number;
+interface Bank {
+  readonly data: Float32Array | BigInt64Array;
+  readonly rowSize: number;
+  readonly tensor: ort.Tensor;
 }
 
 const port = parentPort;
 if (port === null) throw new Error('engine-worker.js must run as a worker thread');
 const init = workerData as WorkerInit;
-const mixtures = new Map<number, MixtureSession>();
+const graph = init.graph;
+let session: ort.InferenceSession | undefined;
 let backbone: ort.InferenceSession | undefined;
-let feedsTokenTypes = false;
+let backboneTakesTokenTypes = false;
+/** The pack graph reads input_ids (built backbone, or token_bag gates). */
+let takesIds = false;
+let stallNextRunMs = 0;
+
+/** Bank name -> its array and the tensor over it (created once; writes mutate the array). */
+const banks = new Map<string, Bank>();
+for (const spec of graph.banks) {
+  const size = rowSize(spec);
+  const data =
+    spec.dtype === 'int64'
+      ? new BigInt64Array(spec.rows * size)
+      : new Float32Array(spec.rows * size);
+  banks.set(spec.name, {
+    data,
+    rowSize: size,
+    tensor: new ort.Tensor(spec.dtype, data, [spec.rows, ...spec.rowShape]),
+  });
+}
 
 function post(message: WorkerMessage, transfer: ArrayBuffer[] = []): void {
   port!.postMessage(message, transfer);
@@ -70,39 +101,39 @@ function providerOption(settings: SessionSettings): ort.InferenceSession.Executi
 /** Settings of the sessions this worker runs (after a fallback: cpu, not what was asked for). */
 let active: SessionSettings = init.session;
 
-async function loadMixture(graph: MixtureGraph): Promise<void> {
-  const session = await ort.InferenceSession.create(graph.bytes, sessionOptions(active));
-  mixtures.set(graph.version, {
-    session,
-    groupCount: graph.groupCount,
-    headCount: graph.headCount,
-  });
+async function createSession(model: string | Uint8Array): Promise<ort.InferenceSession> {
+  const options = sessionOptions(active);
+  return typeof model === 'string'
+    ? ort.InferenceSession.create(model, options)
+    : ort.InferenceSession.create(model, options);
 }
 
-/** Create the backbone session and the initial mixture sessions on `active`'s provider. */
 async function openSessions(): Promise<void> {
-  backbone = await ort.InferenceSession.create(init.backbonePath, sessionOptions(active));
-  for (const name of ['input_ids', 'attention_mask']) {
-    if (!backbone.inputNames.includes(name)) {
+  if (graph.externalBackbone !== undefined) {
+    backbone = await createSession(graph.externalBackbone);
+    for (const name of ['input_ids', 'attention_mask']) {
+      if (!backbone.inputNames.includes(name)) {
+        throw new Error(
+          `backbone ${graph.externalBackbone} has no input '${name}' (inputs: ${backbone.inputNames.join(', ')}); ` +
+            'export it with the Hugging Face feature-extraction contract',
+        );
+      }
+    }
+    if (!backbone.outputNames.includes(BACKBONE_OUTPUT)) {
       throw new Error(
-        `backbone ${init.backbonePath} has no input '${name}' (inputs: ${backbone.inputNames.join(', ')}); ` +
-          'export it with the Hugging Face feature-extraction contract',
+        `backbone ${graph.externalBackbone} has no output '${BACKBONE_OUTPUT}' (outputs: ${backbone.outputNames.join(', ')})`,
       );
     }
+    backboneTakesTokenTypes = backbone.inputNames.includes('token_type_ids');
   }
-  if (!backbone.outputNames.includes(BACKBONE_OUTPUT)) {
-    throw new Error(
-      `backbone ${init.backbonePath} has no output '${BACKBONE_OUTPUT}' (outputs: ${backbone.outputNames.join(', ')})`,
-    );
-  }
-  feedsTokenTypes = backbone.inputNames.includes('token_type_ids');
-  for (const graph of init.mixtures) await loadMixture(graph);
+  session = await createSession(graph.model);
+  takesIds = session.inputNames.includes(GRAPH_INPUT_IDS);
 }
 
 async function releaseSessions(): Promise<void> {
-  for (const mixture of mixtures.values()) await mixture.session.release().catch(() => undefined);
-  mixtures.clear();
+  await session?.release().catch(() => undefined);
   await backbone?.release().catch(() => undefined);
+  session = undefined;
   backbone = undefined;
 }
 
@@ -117,7 +148,7 @@ async function start(): Promise<void> {
   const requested = init.session.executionProvider;
   try {
     await openSessions();
-    post({ type: 'ready', provider: requested, versions: [...mixtures.keys()] });
+    post({ type: 'ready', provider: requested });
     return;
   } catch (error) {
     await releaseSessions();
@@ -134,12 +165,7 @@ async function start(): Promise<void> {
       await releaseSessions();
       fail({ type: 'provider-failed', provider: requested, message: reason });
     }
-    post({
-      type: 'ready',
-      provider: 'cpu',
-      versions: [...mixtures.keys()],
-      fallbackReason: reason,
-    });
+    post({ type: 'ready', provider: 'cpu', fallbackReason: reason });
   }
 }
 
@@ -149,58 +175,93 @@ function fail(message: WorkerMessage): never {
   process.exit(1);
 }
 
-async function run(request: RunRequest): Promise<void> {
-  const mixture = mixtures.get(request.version);
-  if (mixture === undefined) {
-    post({
-      type: 'run-failed',
-      id: request.id,
-      message: `mixture version ${request.version} is not loaded in this worker`,
-    });
-    return;
+function writeSlot(request: SlotWriteRequest): void {
+  for (const write of slotWrites(
+    request.group,
+    request.slot,
+    request.adapter,
+    request.gateColumn,
+  )) {
+    const bank = banks.get(write.bank);
+    if (bank === undefined) throw new Error(`no slot bank '${write.bank}' in this graph`);
+    if (
+      write.data.length % bank.rowSize !== 0 ||
+      (write.row + write.data.length / bank.rowSize) * bank.rowSize > bank.data.length
+    ) {
+      throw new Error(`slot write to '${write.bank}' row ${write.row} does not fit the bank`);
+    }
+    (bank.data as Float32Array).set(write.data as Float32Array, write.row * bank.rowSize);
   }
-  const dims = [request.batchSize, request.sequenceLength];
-  const mask = new ort.Tensor('int64', request.attentionMask, dims);
-  const backboneFeeds: Record<string, ort.Tensor> = {
-    input_ids: new ort.Tensor('int64', request.inputIds, dims),
-    attention_mask: mask,
-  };
-  if (feedsTokenTypes) {
-    backboneFeeds.token_type_ids = new ort.Tensor(
-      'int64',
-      new BigInt64Array(request.inputIds.length),
-      dims,
-    );
-  }
-  const t0 = performance.now();
-  const hidden = (await backbone!.run(backboneFeeds, [BACKBONE_OUTPUT]))[BACKBONE_OUTPUT]!; // [B,T,d]
-  const t1 = performance.now();
+}
 
-  const feeds: Record<string, ort.Tensor> = {
-    [MIXTURE_INPUT_HIDDEN]: hidden,
-    [MIXTURE_INPUT_MASK]: mask,
-  };
+async function run(request: RunRequest): Promise<void> {
+  if (stallNextRunMs > 0) {
+    // Fault injection (tests): a wedged native call, as far as the host can tell.
+    const until = Date.now() + stallNextRunMs;
+    stallNextRunMs = 0;
+    while (Date.now() < until) {
+      /* busy: the thread answers nothing meanwhile */
+    }
+  }
+  const B = request.batchSize;
+  const dims = [B, request.sequenceLength];
+  const mask = new ort.Tensor('int64', request.attentionMask, dims);
+  const feeds: Record<string, ort.Tensor> = { [GRAPH_INPUT_MASK]: mask };
+  const t0 = performance.now();
+  if (backbone !== undefined) {
+    const backboneFeeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor('int64', request.inputIds, dims),
+      attention_mask: mask,
+    };
+    if (backboneTakesTokenTypes) {
+      backboneFeeds.token_type_ids = new ort.Tensor(
+        'int64',
+        new BigInt64Array(request.inputIds.length),
+        dims,
+      );
+    }
+    feeds[GRAPH_INPUT_HIDDEN] = (await backbone.run(backboneFeeds, [BACKBONE_OUTPUT]))[
+      BACKBONE_OUTPUT
+    ]!; // [B,T,d]
+  }
+  // The built backbone reads the ids, and so do token_bag gates over an external backbone.
+  if (takesIds) feeds[GRAPH_INPUT_IDS] = new ort.Tensor('int64', request.inputIds, dims);
+  const t1 = performance.now();
   request.groups.forEach((group, i) => {
-    const experts = group.bias.length / request.batchSize;
-    feeds[groupBiasName(i)] = new ort.Tensor('float32', group.bias, [request.batchSize, experts]);
-    feeds[groupKName(i)] = new ort.Tensor('int64', group.k, [request.batchSize]);
+    const slots = group.bias.length / B;
+    feeds[groupBiasName(i)] = new ort.Tensor('float32', group.bias, [B, slots]);
+    feeds[groupGateScaleName(i)] = new ort.Tensor('float32', group.gateScale, [B]);
+    feeds[groupKName(i)] = new ort.Tensor('int64', group.k, [B]);
     feeds[groupKmaxName(i)] = new ort.Tensor('int64', BigInt64Array.of(BigInt(group.kmax)), [1]);
+    feeds[groupTopPName(i)] = new ort.Tensor('float32', group.topP, [B]);
   });
-  const out = await mixture.session.run(feeds);
+  for (const [name, bank] of banks) feeds[name] = bank.tensor;
+  const out = await session!.run(feeds);
   const t2 = performance.now();
 
   // Copies: small outputs, and a copy gives each its own buffer to transfer.
   const float = (name: string) => (out[name]!.data as Float32Array).slice();
   const int64 = (name: string) => (out[name]!.data as BigInt64Array).slice();
+  const groups = range(graph.groupCount);
   const outputs = {
-    experts: range(mixture.groupCount).map((i) => int64(groupExpertsName(i))),
-    weights: range(mixture.groupCount).map((i) => float(groupWeightsName(i))),
-    embedding: float(MIXTURE_OUTPUT_EMBEDDING),
-    scores: range(mixture.headCount).map((j) => float(headScoresName(j))),
+    experts: groups.map((i) => int64(groupExpertsName(i))),
+    weights: groups.map((i) => float(groupWeightsName(i))),
+    kUsed: groups.map((i) => int64(groupKUsedName(i))),
+    entropy: groups.map((i) =>
+      graph.gatedGroups[i] ? float(groupEntropyName(i)) : new Float32Array(0),
+    ),
+    margin: groups.map((i) =>
+      graph.gatedGroups[i] ? float(groupMarginName(i)) : new Float32Array(0),
+    ),
+    embedding: float(GRAPH_OUTPUT_EMBEDDING),
+    scores: range(graph.headCount).map((j) => float(headScoresName(j))),
   };
   const transfer = [
     ...outputs.experts,
     ...outputs.weights,
+    ...outputs.kUsed,
+    ...outputs.entropy,
+    ...outputs.margin,
     outputs.embedding,
     ...outputs.scores,
   ].map((a) => a.buffer as ArrayBuffer);
@@ -209,7 +270,7 @@ async function run(request: RunRequest): Promise<void> {
       type: 'result',
       id: request.id,
       outputs,
-      timings: { backboneMs: t1 - t0, mixtureMs: t2 - t1 },
+      timings: { backboneMs: t1 - t0, graphMs: t2 - t1 },
     },
     transfer,
   );
@@ -224,32 +285,24 @@ async function handle(message: HostMessage): Promise<void> {
         post({ type: 'run-failed', id: message.id, message: errorMessage(error) });
       }
       return;
-    case 'load-mixture':
+    case 'write-slot':
       try {
-        await loadMixture(message.graph);
-        post({ type: 'mixture-loaded', version: message.graph.version });
+        writeSlot(message);
+        if (message.ack !== undefined) post({ type: 'slot-written', ack: message.ack });
       } catch (error) {
-        post({
-          type: 'mixture-failed',
-          version: message.graph.version,
-          message: errorMessage(error),
-        });
+        post({ type: 'slot-failed', ack: message.ack, message: errorMessage(error) });
       }
       return;
-    case 'release-mixture': {
-      const mixture = mixtures.get(message.version);
-      mixtures.delete(message.version);
-      await mixture?.session.release();
-      return;
-    }
     case 'stop':
-      for (const mixture of mixtures.values()) await mixture.session.release();
-      await backbone?.release();
+      await releaseSessions();
       process.exit(0);
       return;
     case 'crash':
       if (init.allowFaultInjection)
         throw new Error('fault injection: engine worker crash requested');
+      return;
+    case 'stall':
+      if (init.allowFaultInjection) stallNextRunMs = message.ms;
       return;
   }
 }

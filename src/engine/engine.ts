@@ -1,40 +1,51 @@
 /**
- * The engine host: a pool of engine worker threads that own the ORT sessions, a FIFO of batches
- * waiting for a worker, and the mixture graph currently served.
+ * The engine host: a pool of engine worker threads that own the ORT session of the pack graph and
+ * its slot banks, a FIFO of batches waiting for a worker, and which adapter sits in which slot.
  *
  * Contracts
  * - `run(items)` answers every item: its result, or its own routing error (the other items still
- *   run). The whole promise rejects only when the batch could not run (a worker crash, ENGINE_*).
- * - Routing is resolved against the mixture that is current when the batch is dispatched, and the
- *   batch runs on exactly that graph, even if a newer one is installed meanwhile.
- * - `installMixture` swaps the graph atomically for all workers: every worker loads it first; only
- *   then do new batches use it; the old graph is released once its last batch finishes.
- * - A worker that dies fails its in-flight batches with ENGINE_WORKER_CRASHED and is replaced.
- * - Workers are stopped by message after they drain, never by terminate() mid-run, which aborts
- *   the whole process (FIELD-NOTES).
- * - The execution provider is never changed silently: when the requested one cannot start, `start`
- *   rejects with ENGINE_PROVIDER_UNAVAILABLE, or (with `allowProviderFallback`) the engine runs on
- *   cpu and `providerStatus` says so, with the reason.
+ *   run). The whole promise rejects only when the batch could not run (ENGINE_*).
+ * - Routing is resolved at dispatch, against the adapters registered and the slots they sit in
+ *   then. Every worker holds the same slot contents: each slot write is posted to all of them, and
+ *   a worker handles messages in order, so a batch reads exactly the slots it was routed on even
+ *   when a later write reuses one of them. That is also why an unloaded adapter's slot can be
+ *   cleared at once: batches routed to it before are ahead of the clear in every queue.
+ * - `putAdapter` resolves once every worker has the adapter in a slot (or, for an adapter the
+ *   gate cannot choose and no slot is free, once it is in the host cache: it is written into a
+ *   slot when a batch needs it, evicting the least recently used). Replacing an adapter writes
+ *   the new weights into another slot first; the old one serves until then.
+ * - Watchdog: a batch past `batchTimeoutMs` fails with ENGINE_TIMEOUT and its worker is replaced
+ *   (stopped by message, never terminated: terminate() mid-run aborts the process, FIELD-NOTES).
+ *   A worker not ready within `startTimeoutMs`, or a slot write not acknowledged within
+ *   `slotWriteTimeoutMs`, fails the same way.
+ * - A worker that dies fails its in-flight batches with ENGINE_WORKER_CRASHED and is replaced; its
+ *   replacement gets every occupied slot written before any batch.
+ * - The execution provider is never changed silently (see `allowProviderFallback`).
  */
 import { EventEmitter } from 'node:events';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import type { SlotAdapter, SlotGroup } from '../adapters/slot-writer.js';
 import { MoeError } from '../errors.js';
-import type { MixtureLayout } from '../onnx/mixture-contract.js';
 import { decodeBatch, type EngineItemResult } from './decode.js';
 import type {
   ExecutionProvider,
   HostMessage,
-  MixtureGraph,
   RunOutputs,
   StageTimings,
+  WorkerGraph,
   WorkerMessage,
 } from './protocol.js';
-import { type ItemRouting, type RoutedItem, routeItem, stackRouting } from './routing.js';
+import {
+  groupFeeds,
+  type ItemPlan,
+  type ItemRouting,
+  planItem,
+  type RoutingView,
+} from './routing.js';
+import { SlotTable } from './slot-table.js';
 
 export interface EngineOptions {
-  /** Path of the backbone ONNX file. */
-  readonly backbonePath: string;
   /**
    * Engine worker threads. Default: half the cores (at least 1), each with 2 intra-op threads:
    * on 2 cores one worker with 2 threads gives the lowest latency per batch; two workers with
@@ -55,8 +66,23 @@ export interface EngineOptions {
   readonly allowProviderFallback?: boolean;
   /** Batches sent ahead to one worker so it never waits for the next one. Default 2. */
   readonly pipelineDepth?: number;
-  /** Accept the test-only 'crash' message. Default false. */
+  /** A batch still running after this long fails (ENGINE_TIMEOUT) and its worker is replaced. Default 60000. */
+  readonly batchTimeoutMs?: number;
+  /** A worker not ready after this long (sessions created) counts as failed. Default 300000. */
+  readonly startTimeoutMs?: number;
+  /** A slot write not acknowledged by every worker after this long fails. Default 30000. */
+  readonly slotWriteTimeoutMs?: number;
+  /** Accept the test-only 'crash' and 'stall' messages. Default false. */
   readonly allowFaultInjection?: boolean;
+}
+
+/** What the engine runs: the pack graph, and what it must know to feed and decode it. */
+export interface EngineGraph {
+  readonly worker: WorkerGraph;
+  /** In the graph's group order. */
+  readonly groups: readonly SlotGroup[];
+  readonly heads: readonly { readonly id: string; readonly labels: readonly string[] }[];
+  readonly hiddenSize: number;
 }
 
 export interface EngineItem {
@@ -71,11 +97,9 @@ export type ItemOutcome =
 
 export interface BatchOutcome {
   readonly items: ItemOutcome[];
-  /** Mixture version the batch ran on. */
-  readonly version: number;
   /** Stage times of the batch (zero when no item could run). */
   readonly timings: StageTimings;
-  /** Rows x padded length actually sent to the backbone. */
+  /** Rows x padded length actually sent to the model. */
   readonly paddedTokens: number;
 }
 
@@ -98,6 +122,8 @@ export function fallbackWarning(status: ProviderStatus): string | undefined {
 export interface EngineEvents {
   'worker-restart': [{ worker: number; reason: string }];
   'worker-ready': [{ worker: number; provider: ExecutionProvider }];
+  /** An adapter was written into a slot because a batch needed it (a host-cache miss). */
+  'slot-miss': [{ group: string; adapter: string; evicted: string | undefined }];
 }
 
 interface PendingBatch {
@@ -108,73 +134,80 @@ interface PendingBatch {
 
 interface InFlightBatch {
   readonly batch: PendingBatch;
-  readonly version: number;
-  readonly layout: MixtureLayout;
   /** outcomes[i] is set for items that failed routing; the others await the worker. */
   readonly outcomes: (ItemOutcome | undefined)[];
   readonly runIndexes: number[];
-  /** ks[row][group]: experts mixed, per item that runs. */
-  readonly ks: number[][];
+  /** Per group, the adapter in each slot when the batch was dispatched. */
+  readonly slotIds: readonly (readonly (string | undefined)[])[];
   readonly paddedTokens: number;
+  readonly timer: NodeJS.Timeout;
 }
 
 interface WorkerSlot {
   readonly index: number;
-  worker: Worker;
+  readonly worker: Worker;
   ready: boolean;
-  /** Mixture versions this worker has loaded. */
-  versions: Set<number>;
+  /** Set when the worker is being replaced or stopped: it takes no more batches. */
+  retired: boolean;
   inFlight: Map<number, InFlightBatch>;
-  /** Pending acks of load-mixture, by version. */
-  loadAcks: Map<number, { resolve: () => void; reject: (e: Error) => void }>;
-  stopping: boolean;
 }
 
-interface LiveMixture {
-  readonly graph: MixtureGraph;
-  readonly layout: MixtureLayout;
+/** What the engine keeps of each registered adapter: enough to write it into a slot again. */
+interface CachedAdapter {
+  readonly group: number;
+  readonly adapter: SlotAdapter;
+  readonly gateColumn: number | undefined;
+}
+
+interface PendingAck {
+  readonly waiting: Set<Worker>;
+  readonly resolve: () => void;
+  readonly reject: (error: Error) => void;
+  readonly timer: NodeJS.Timeout;
 }
 
 export class Engine extends EventEmitter<EngineEvents> {
   private readonly options: Required<EngineOptions>;
-  private readonly slots: WorkerSlot[] = [];
+  private readonly workers: WorkerSlot[] = [];
   private readonly queue: PendingBatch[] = [];
-  /** Versions some worker may still need: the current one, one being installed, retiring ones. */
-  private readonly live = new Map<number, LiveMixture>();
-  private readonly inFlightByVersion = new Map<number, number>();
-  private current: LiveMixture;
+  private readonly tables: SlotTable[];
+  private readonly cache = new Map<string, CachedAdapter>();
+  private readonly acks = new Map<number, PendingAck>();
+  private view: () => RoutingView;
   private nextBatchId = 1;
-  private swapChain: Promise<void> = Promise.resolve();
+  private nextAck = 1;
+  private adapterChain: Promise<unknown> = Promise.resolve();
   private closing: Promise<void> | undefined;
   private restarts = 0;
   private providerInUse: ExecutionProvider | undefined;
   private fallbackReason: string | undefined;
 
-  private constructor(options: EngineOptions, first: LiveMixture) {
+  private constructor(
+    options: EngineOptions,
+    readonly graph: EngineGraph,
+  ) {
     super();
     const cores = availableParallelism();
     const workers = options.workers ?? Math.max(1, Math.floor(cores / 2));
     this.options = {
-      backbonePath: options.backbonePath,
       workers,
       intraOpThreads: options.intraOpThreads ?? Math.max(1, Math.floor(cores / workers)),
       executionProvider: options.executionProvider ?? 'cpu',
       deviceId: options.deviceId ?? 0,
       allowProviderFallback: options.allowProviderFallback ?? false,
       pipelineDepth: options.pipelineDepth ?? 2,
+      batchTimeoutMs: options.batchTimeoutMs ?? 60_000,
+      startTimeoutMs: options.startTimeoutMs ?? 300_000,
+      slotWriteTimeoutMs: options.slotWriteTimeoutMs ?? 30_000,
       allowFaultInjection: options.allowFaultInjection ?? false,
     };
-    this.current = first;
-    this.live.set(first.graph.version, first);
+    this.tables = graph.groups.map((group) => new SlotTable(group.slots));
+    this.view = () => ({ groups: [] });
   }
 
-  /** Start the workers with a first mixture graph; resolves when all are ready. */
-  static async start(
-    options: EngineOptions,
-    layout: MixtureLayout,
-    bytes: Uint8Array,
-  ): Promise<Engine> {
-    const engine = new Engine(options, { graph: toGraph(layout, bytes), layout });
+  /** Start the workers; resolves when all are ready. Adapters come next, with `putAdapter`. */
+  static async start(options: EngineOptions, graph: EngineGraph): Promise<Engine> {
+    const engine = new Engine(options, graph);
     try {
       await Promise.all(
         Array.from({ length: engine.options.workers }, (_, i) => engine.spawn(i, true)),
@@ -186,8 +219,9 @@ export class Engine extends EventEmitter<EngineEvents> {
     return engine;
   }
 
-  get layout(): MixtureLayout {
-    return this.current.layout;
+  /** Where routing requests are checked: the registry's view of the adapters it serves. */
+  setRoutingView(view: () => RoutingView): void {
+    this.view = view;
   }
 
   get settings(): Readonly<Required<EngineOptions>> {
@@ -210,13 +244,12 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   /** Ready workers with no batch in flight. */
   get idleWorkers(): number {
-    return this.slots.filter((slot) => slot.ready && !slot.stopping && slot.inFlight.size === 0)
-      .length;
+    return this.workers.filter((w) => w.ready && !w.retired && w.inFlight.size === 0).length;
   }
 
   /** Workers up and taking batches. */
   get readyWorkers(): number {
-    return this.slots.filter((slot) => slot.ready && !slot.stopping).length;
+    return this.workers.filter((w) => w.ready && !w.retired).length;
   }
 
   get workerRestarts(): number {
@@ -231,10 +264,20 @@ export class Engine extends EventEmitter<EngineEvents> {
   /** Batches that could be dispatched right now without queueing. */
   get freeCapacity(): number {
     let free = 0;
-    for (const slot of this.slots) {
-      if (slot.ready && !slot.stopping) free += this.options.pipelineDepth - slot.inFlight.size;
+    for (const w of this.workers) {
+      if (w.ready && !w.retired) free += this.options.pipelineDepth - w.inFlight.size;
     }
     return Math.max(0, free - this.queue.length);
+  }
+
+  /** Slots in use and their capacity, per group id. */
+  slotUsage(): { group: string; used: number; slots: number; cached: number }[] {
+    return this.graph.groups.map((group, g) => ({
+      group: group.id,
+      used: this.tables[g]!.used,
+      slots: group.slots,
+      cached: [...this.cache.values()].filter((c) => c.group === g).length,
+    }));
   }
 
   run(items: readonly EngineItem[]): Promise<BatchOutcome> {
@@ -250,18 +293,77 @@ export class Engine extends EventEmitter<EngineEvents> {
   }
 
   /**
-   * Make `bytes` (compiled from `layout`) the served mixture in every worker. Serialised with
-   * other installs. Rejects, leaving the current graph in place, if any worker cannot load it.
+   * Register `adapter` as `id` in group `group` (replacing any adapter of that id), with
+   * `gateColumn` the gate's column for it (undefined: the gate cannot choose it). Serialised with
+   * the other adapter operations. Rejects with ADAPTER_SLOTS_FULL when the gate must be able to
+   * choose it and every slot holds an adapter the gate can choose; ENGINE_* when a worker fails.
    */
-  installMixture(layout: MixtureLayout, bytes: Uint8Array): Promise<void> {
-    const next = this.swapChain.then(() => this.swap({ graph: toGraph(layout, bytes), layout }));
-    this.swapChain = next.catch(() => undefined);
-    return next;
+  putAdapter(
+    id: string,
+    group: number,
+    adapter: SlotAdapter,
+    gateColumn: number | undefined,
+  ): Promise<void> {
+    return this.serialise(async () => {
+      const table = this.tables[group]!;
+      const sticky = gateColumn !== undefined;
+      // A replacement overwrites its own slot: batches routed to the old weights are ahead of the
+      // write in every worker's queue, and batches dispatched after it read the new ones.
+      const current = table.slotOf(id);
+      const found =
+        current === undefined ? table.findSlot(new Set()) : { slot: current, evicted: undefined };
+      if (found === undefined) {
+        if (sticky) {
+          throw new MoeError(
+            'ADAPTER_SLOTS_FULL',
+            `Every one of group '${this.graph.groups[group]!.id}''s ${table.size} slots holds an adapter its gate can choose; unload one first, or give the group more slots in the pack.`,
+            { group: this.graph.groups[group]!.id, slots: table.size },
+          );
+        }
+        // No slot now: it waits in the host cache and is written into one when a batch needs it.
+        this.cache.set(id, { group, adapter, gateColumn });
+        return;
+      }
+      if (found.evicted !== undefined) table.remove(found.evicted);
+      const previous = this.cache.get(id);
+      table.assign(found.slot, id, sticky);
+      this.cache.set(id, { group, adapter, gateColumn });
+      try {
+        await this.writeEverywhere(group, found.slot, adapter, gateColumn);
+      } catch (error) {
+        // Put back what was there: the previous version of this id, or nothing.
+        if (previous === undefined) {
+          this.cache.delete(id);
+          table.remove(id);
+          this.postWrite(group, found.slot, undefined, undefined);
+        } else {
+          this.cache.set(id, previous);
+          this.postWrite(group, found.slot, previous.adapter, previous.gateColumn);
+        }
+        throw error;
+      }
+    });
+  }
+
+  /** Forget adapter `id`; its slot is cleared after the batches already routed to it. */
+  removeAdapter(id: string): Promise<void> {
+    return this.serialise(async () => {
+      const cached = this.cache.get(id);
+      if (cached === undefined) return;
+      this.cache.delete(id);
+      const slot = this.tables[cached.group]!.remove(id);
+      if (slot !== undefined) this.postWrite(cached.group, slot, undefined, undefined);
+    });
   }
 
   /** Fault injection for tests: make worker `index` crash at its next message. */
   crashWorkerForTest(index: number): void {
-    this.slots[index]?.worker.postMessage({ type: 'crash' } satisfies HostMessage);
+    this.workers[index]?.worker.postMessage({ type: 'crash' } satisfies HostMessage);
+  }
+
+  /** Fault injection for tests: worker `index` blocks for `ms` at its next batch. */
+  stallWorkerForTest(index: number, ms: number): void {
+    this.workers[index]?.worker.postMessage({ type: 'stall', ms } satisfies HostMessage);
   }
 
   /** Stop accepting, finish every accepted batch, stop the workers by message. Idempotent. */
@@ -270,36 +372,112 @@ export class Engine extends EventEmitter<EngineEvents> {
     return this.closing;
   }
 
+  // --- slot writes --------------------------------------------------------------------------
+
+  private serialise<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.adapterChain.then(work);
+    this.adapterChain = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Post a write of `slot` to every live worker, without waiting. */
+  private postWrite(
+    group: number,
+    slot: number,
+    adapter: SlotAdapter | undefined,
+    gateColumn: number | undefined,
+    ack?: number,
+  ): Worker[] {
+    const targets = this.workers.filter((w) => !w.retired).map((w) => w.worker);
+    for (const worker of targets) {
+      worker.postMessage({
+        type: 'write-slot',
+        group: this.graph.groups[group]!,
+        slot,
+        adapter,
+        gateColumn,
+        ack,
+      } satisfies HostMessage);
+    }
+    return targets;
+  }
+
+  /** Write `slot` in every live worker and wait until each has it. */
+  private writeEverywhere(
+    group: number,
+    slot: number,
+    adapter: SlotAdapter,
+    gateColumn: number | undefined,
+  ): Promise<void> {
+    const ack = this.nextAck++;
+    const targets = this.postWrite(group, slot, adapter, gateColumn, ack);
+    if (targets.length === 0) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.acks.delete(ack);
+        reject(
+          new MoeError(
+            'ENGINE_TIMEOUT',
+            `An engine worker did not take the adapter into its slot within ${this.options.slotWriteTimeoutMs} ms; retry the load.`,
+          ),
+        );
+      }, this.options.slotWriteTimeoutMs);
+      timer.unref();
+      this.acks.set(ack, { waiting: new Set(targets), resolve, reject, timer });
+    });
+  }
+
+  private settleAck(worker: Worker, ack: number, error?: string): void {
+    const pending = this.acks.get(ack);
+    if (pending === undefined) return;
+    if (error !== undefined) {
+      this.acks.delete(ack);
+      clearTimeout(pending.timer);
+      pending.reject(
+        new MoeError(
+          'ENGINE_FAILED',
+          `An engine worker could not write the adapter's slot: ${error}`,
+        ),
+      );
+      return;
+    }
+    pending.waiting.delete(worker);
+    if (pending.waiting.size === 0) {
+      this.acks.delete(ack);
+      clearTimeout(pending.timer);
+      pending.resolve();
+    }
+  }
+
   // --- dispatch -----------------------------------------------------------------------------
 
   private pump(): void {
     while (this.queue.length > 0) {
-      const slot = this.pickSlot();
-      if (slot === undefined) return;
-      this.dispatch(slot, this.queue.shift()!);
+      const target = this.pickWorker();
+      if (target === undefined) break;
+      this.dispatch(target, this.queue.shift()!);
     }
     if (this.closing !== undefined) this.maybeFinishDrain();
   }
 
-  /** The ready worker with the fewest batches in flight that has the current graph loaded. */
-  private pickSlot(): WorkerSlot | undefined {
+  /** The ready worker with the fewest batches in flight. */
+  private pickWorker(): WorkerSlot | undefined {
     let best: WorkerSlot | undefined;
-    for (const slot of this.slots) {
-      if (!slot.ready || slot.stopping || !slot.versions.has(this.current.graph.version)) continue;
-      if (slot.inFlight.size >= this.options.pipelineDepth) continue;
-      if (best === undefined || slot.inFlight.size < best.inFlight.size) best = slot;
+    for (const w of this.workers) {
+      if (!w.ready || w.retired || w.inFlight.size >= this.options.pipelineDepth) continue;
+      if (best === undefined || w.inFlight.size < best.inFlight.size) best = w;
     }
     return best;
   }
 
-  private dispatch(slot: WorkerSlot, batch: PendingBatch): void {
-    const { layout, graph } = this.current;
+  private dispatch(target: WorkerSlot, batch: PendingBatch): void {
+    const view = this.view();
     const outcomes: (ItemOutcome | undefined)[] = [];
-    const routed: RoutedItem[] = [];
+    const plans: ItemPlan[] = [];
     const runIndexes: number[] = [];
     batch.items.forEach((item, i) => {
       try {
-        routed.push(routeItem(layout, item.routing));
+        plans.push(planItem(view, item.routing));
         runIndexes.push(i);
         outcomes.push(undefined);
       } catch (error) {
@@ -307,18 +485,48 @@ export class Engine extends EventEmitter<EngineEvents> {
         outcomes.push({ ok: false, error });
       }
     });
-    if (runIndexes.length === 0) {
+    // Adapters the batch names explicitly must be in slots: write the missing ones now (ahead of
+    // the run in every worker's queue), evicting the least recently used the batch does not need.
+    this.graph.groups.forEach((_, g) => {
+      const needed = new Set<string>();
+      for (const plan of plans) {
+        const groupPlan = plan[g]!;
+        if (groupPlan.mode === 'fixed') for (const [id] of groupPlan.weights) needed.add(id);
+      }
+      const table = this.tables[g]!;
+      for (const id of needed) {
+        if (table.slotOf(id) !== undefined) continue;
+        const cached = this.cache.get(id);
+        const found = cached === undefined ? undefined : table.findSlot(needed);
+        if (cached === undefined || found === undefined) {
+          this.failItemsNaming(plans, runIndexes, outcomes, g, id);
+          continue;
+        }
+        table.assign(found.slot, id, false);
+        this.postWrite(g, found.slot, cached.adapter, cached.gateColumn);
+        this.emit('slot-miss', {
+          group: this.graph.groups[g]!.id,
+          adapter: id,
+          evicted: found.evicted,
+        });
+      }
+      table.touch(needed);
+    });
+    const running = runIndexes.filter((i) => outcomes[i] === undefined);
+    const runningPlans = running.map((i) => plans[runIndexes.indexOf(i)]!);
+    if (running.length === 0) {
       batch.resolve({
         items: outcomes as ItemOutcome[],
-        version: graph.version,
-        timings: { backboneMs: 0, mixtureMs: 0 },
+        timings: { backboneMs: 0, graphMs: 0 },
         paddedTokens: 0,
       });
       return;
     }
-    const rows = runIndexes.map((i) => batch.items[i]!.ids);
+
+    const rows = running.map((i) => batch.items[i]!.ids);
     const seq = Math.max(...rows.map((ids) => ids.length));
-    const inputIds = new BigInt64Array(rows.length * seq);
+    const pad = BigInt(this.graph.worker.padTokenId);
+    const inputIds = new BigInt64Array(rows.length * seq).fill(pad);
     const attentionMask = new BigInt64Array(rows.length * seq);
     rows.forEach((ids, b) => {
       for (let t = 0; t < ids.length; t++) {
@@ -326,22 +534,33 @@ export class Engine extends EventEmitter<EngineEvents> {
         attentionMask[b * seq + t] = 1n;
       }
     });
-    const groups = stackRouting(layout, routed);
-    const id = this.nextBatchId++;
-    slot.inFlight.set(id, {
-      batch,
-      version: graph.version,
-      layout,
-      outcomes,
-      runIndexes,
-      ks: routed.map((item) => item.map((group) => group.k)),
-      paddedTokens: rows.length * seq,
+    const groups = this.graph.groups.map((group, g) => {
+      const table = this.tables[g]!;
+      const slotOf = (id: string) => table.slotOf(id)!;
+      const gateSlots = group.gated
+        ? table.occupied().filter(({ id }) => this.cache.get(id)?.gateColumn !== undefined)
+        : [];
+      return groupFeeds(
+        runningPlans.map((plan) => plan[g]!),
+        group.slots,
+        slotOf,
+        gateSlots,
+      );
     });
-    this.inFlightByVersion.set(graph.version, (this.inFlightByVersion.get(graph.version) ?? 0) + 1);
+    const id = this.nextBatchId++;
+    const timer = setTimeout(() => this.onBatchTimeout(target, id), this.options.batchTimeoutMs);
+    timer.unref();
+    target.inFlight.set(id, {
+      batch,
+      outcomes,
+      runIndexes: running,
+      slotIds: this.tables.map((table) => table.snapshot()),
+      paddedTokens: rows.length * seq,
+      timer,
+    });
     const message: HostMessage = {
       type: 'run',
       id,
-      version: graph.version,
       batchSize: rows.length,
       sequenceLength: seq,
       inputIds,
@@ -351,97 +570,65 @@ export class Engine extends EventEmitter<EngineEvents> {
     const transfer = [
       inputIds.buffer,
       attentionMask.buffer,
-      ...groups.flatMap((g) => [g.bias.buffer, g.k.buffer]),
+      ...groups.flatMap((g) => [g.bias.buffer, g.gateScale.buffer, g.k.buffer, g.topP.buffer]),
     ] as ArrayBuffer[];
-    slot.worker.postMessage(message, transfer);
+    target.worker.postMessage(message, transfer);
+  }
+
+  /** Items that need adapter `id` of group g, which can have no slot now: 503, retriable. */
+  private failItemsNaming(
+    plans: ItemPlan[],
+    runIndexes: number[],
+    outcomes: (ItemOutcome | undefined)[],
+    g: number,
+    id: string,
+  ): void {
+    const group = this.graph.groups[g]!;
+    const error = new MoeError(
+      'ADAPTER_SLOTS_BUSY',
+      `Adapter '${id}' needs a slot of group '${group.id}', and all ${group.slots} hold adapters this batch or the gate needs; retry in a moment.`,
+      { group: group.id, adapter: id, retryAfterSeconds: 1 },
+    );
+    plans.forEach((plan, row) => {
+      const groupPlan = plan[g]!;
+      if (groupPlan.mode === 'fixed' && groupPlan.weights.some(([name]) => name === id)) {
+        outcomes[runIndexes[row]!] = { ok: false, error };
+      }
+    });
   }
 
   private settle(
-    slot: WorkerSlot,
+    target: WorkerSlot,
     id: number,
     outputs: RunOutputs | Error,
     timings?: StageTimings,
   ): void {
-    const flight = slot.inFlight.get(id);
+    const flight = target.inFlight.get(id);
     if (flight === undefined) return;
-    slot.inFlight.delete(id);
-    this.batchDone(flight.version);
+    target.inFlight.delete(id);
+    clearTimeout(flight.timer);
     if (outputs instanceof Error) {
       flight.batch.reject(outputs);
     } else {
-      const results = decodeBatch(flight.layout, outputs, flight.ks);
+      const results = decodeBatch(this.graph, outputs, flight.slotIds, flight.runIndexes.length);
       flight.runIndexes.forEach((itemIndex, row) => {
         flight.outcomes[itemIndex] = { ok: true, result: results[row]! };
       });
       flight.batch.resolve({
         items: flight.outcomes as ItemOutcome[],
-        version: flight.version,
-        timings: timings ?? { backboneMs: 0, mixtureMs: 0 },
+        timings: timings ?? { backboneMs: 0, graphMs: 0 },
         paddedTokens: flight.paddedTokens,
       });
     }
     this.pump();
   }
 
-  private batchDone(version: number): void {
-    const left = (this.inFlightByVersion.get(version) ?? 1) - 1;
-    this.inFlightByVersion.set(version, left);
-    if (left === 0 && version !== this.current.graph.version) this.retire(version);
-  }
-
-  // --- mixture swap -------------------------------------------------------------------------
-
-  private async swap(next: LiveMixture): Promise<void> {
-    const version = next.graph.version;
-    this.live.set(version, next);
-    const acks = this.slots
-      .filter((slot) => slot.ready && !slot.stopping)
-      .map(
-        (slot) =>
-          new Promise<void>((resolve, reject) => {
-            slot.loadAcks.set(version, { resolve, reject });
-            slot.worker.postMessage({
-              type: 'load-mixture',
-              graph: next.graph,
-            } satisfies HostMessage);
-          }),
-      );
-    try {
-      await Promise.all(acks);
-    } catch (error) {
-      this.live.delete(version);
-      this.releaseEverywhere(version);
-      throw error;
-    }
-    const previous = this.current;
-    this.current = next;
-    if ((this.inFlightByVersion.get(previous.graph.version) ?? 0) === 0) {
-      this.retire(previous.graph.version);
-    }
-    this.pump();
-  }
-
-  private retire(version: number): void {
-    this.inFlightByVersion.delete(version);
-    this.live.delete(version);
-    this.releaseEverywhere(version);
-  }
-
-  private releaseEverywhere(version: number): void {
-    for (const slot of this.slots) {
-      if (slot.versions.delete(version)) {
-        slot.worker.postMessage({ type: 'release-mixture', version } satisfies HostMessage);
-      }
-    }
-  }
-
   // --- worker lifecycle ---------------------------------------------------------------------
 
   private spawn(index: number, initial: boolean): Promise<void> {
-    const graphs = [...this.live.values()].map((m) => m.graph);
     const worker = new Worker(new URL('./engine-worker.js', import.meta.url), {
       workerData: {
-        backbonePath: this.options.backbonePath,
+        graph: this.graph.worker,
         session: {
           // After a fallback, replacements start on cpu at once: every worker runs on one provider.
           executionProvider: this.providerInUse ?? this.options.executionProvider,
@@ -449,31 +636,47 @@ export class Engine extends EventEmitter<EngineEvents> {
           allowFallback: this.options.allowProviderFallback,
           intraOpThreads: this.options.intraOpThreads,
         },
-        mixtures: graphs,
         allowFaultInjection: this.options.allowFaultInjection,
       },
     });
-    const slot: WorkerSlot = {
-      index,
-      worker,
-      ready: false,
-      versions: new Set(graphs.map((g) => g.version)),
-      inFlight: new Map(),
-      loadAcks: new Map(),
-      stopping: false,
-    };
-    this.slots[index] = slot;
+    const slot: WorkerSlot = { index, worker, ready: false, retired: false, inFlight: new Map() };
+    this.workers[index] = slot;
+    // Catch up: every occupied slot, queued before any batch can reach this worker.
+    this.tables.forEach((table, g) => {
+      for (const { slot: s, id } of table.occupied()) {
+        const cached = this.cache.get(id);
+        if (cached === undefined) continue;
+        worker.postMessage({
+          type: 'write-slot',
+          group: this.graph.groups[g]!,
+          slot: s,
+          adapter: cached.adapter,
+          gateColumn: cached.gateColumn,
+          ack: undefined,
+        } satisfies HostMessage);
+      }
+    });
     return new Promise((resolve, reject) => {
       let initError: string | undefined;
       let providerError: MoeError | undefined;
+      const startTimer = setTimeout(() => {
+        if (slot.ready || slot.retired) return;
+        initError = `not ready within ${this.options.startTimeoutMs} ms`;
+        this.retire(slot);
+        reject(new MoeError('ENGINE_TIMEOUT', `An engine worker did not start: ${initError}.`));
+        if (!initial && this.closing === undefined) this.respawnLater(index, initError);
+      }, this.options.startTimeoutMs);
+      startTimer.unref();
       worker.on('message', (message: WorkerMessage) => {
+        if (slot.retired && message.type !== 'slot-written' && message.type !== 'slot-failed')
+          return;
         switch (message.type) {
           case 'ready':
+            clearTimeout(startTimer);
             slot.ready = true;
             this.providerInUse = message.provider;
             this.fallbackReason ??= message.fallbackReason;
             this.emit('worker-ready', { worker: index, provider: message.provider });
-            this.catchUp(slot);
             resolve();
             this.pump();
             return;
@@ -501,22 +704,11 @@ export class Engine extends EventEmitter<EngineEvents> {
               ),
             );
             return;
-          case 'mixture-loaded':
-            slot.versions.add(message.version);
-            slot.loadAcks.get(message.version)?.resolve();
-            slot.loadAcks.delete(message.version);
-            this.pump();
+          case 'slot-written':
+            this.settleAck(worker, message.ack);
             return;
-          case 'mixture-failed':
-            slot.loadAcks
-              .get(message.version)
-              ?.reject(
-                new MoeError(
-                  'ENGINE_FAILED',
-                  `An engine worker could not load the mixture graph: ${message.message}`,
-                ),
-              );
-            slot.loadAcks.delete(message.version);
+          case 'slot-failed':
+            if (message.ack !== undefined) this.settleAck(worker, message.ack, message.message);
             return;
         }
       });
@@ -524,9 +716,16 @@ export class Engine extends EventEmitter<EngineEvents> {
         initError ??= error.message;
       });
       worker.on('exit', (code) => {
+        clearTimeout(startTimer);
+        this.forgetAcks(worker);
+        if (slot.retired) {
+          this.maybeFinishDrain();
+          return;
+        }
         const reason = initError ?? `exit code ${code}`;
         if (!slot.ready) {
-          // Never came up: a broken backbone or graph is not worth restarting in a loop.
+          // Never came up: a broken graph is not worth restarting in a loop.
+          slot.retired = true;
           const error =
             providerError ??
             new MoeError('ENGINE_FAILED', `An engine worker could not start: ${reason}`);
@@ -539,28 +738,47 @@ export class Engine extends EventEmitter<EngineEvents> {
     });
   }
 
-  /** Load versions that went live while this worker was starting. */
-  private catchUp(slot: WorkerSlot): void {
-    for (const [version, mixture] of this.live) {
-      if (!slot.versions.has(version)) {
-        slot.worker.postMessage({
-          type: 'load-mixture',
-          graph: mixture.graph,
-        } satisfies HostMessage);
-      }
+  /** A worker that exits no longer owes acks; its replacement is caught up on spawn. */
+  private forgetAcks(worker: Worker): void {
+    for (const [ack] of this.acks) this.settleAck(worker, ack);
+  }
+
+  /** Stop giving `slot` work and ask it to exit once its current message is done. */
+  private retire(slot: WorkerSlot): void {
+    slot.retired = true;
+    slot.ready = false;
+    slot.worker.postMessage({ type: 'stop' } satisfies HostMessage);
+    this.forgetAcks(slot.worker);
+  }
+
+  private onBatchTimeout(slot: WorkerSlot, id: number): void {
+    if (!slot.inFlight.has(id) || slot.retired) return;
+    const error = new MoeError(
+      'ENGINE_TIMEOUT',
+      `The engine did not finish this batch within ${this.options.batchTimeoutMs} ms; its worker is being replaced. Retry the request.`,
+      { retryAfterSeconds: 1 },
+    );
+    this.retire(slot);
+    for (const [batchId, flight] of slot.inFlight) {
+      clearTimeout(flight.timer);
+      slot.inFlight.delete(batchId);
+      flight.batch.reject(error);
     }
+    this.restarts++;
+    this.emit('worker-restart', { worker: slot.index, reason: 'batch timeout' });
+    if (this.closing === undefined) this.respawnLater(slot.index, 'batch timeout');
+    else this.maybeFinishDrain();
   }
 
   private onWorkerExit(slot: WorkerSlot, code: number, reason: string): void {
     slot.ready = false;
-    for (const ack of slot.loadAcks.values()) ack.resolve(); // its replacement loads live versions
-    slot.loadAcks.clear();
     const crashed = new MoeError(
       'ENGINE_WORKER_CRASHED',
       `The engine worker running this batch stopped unexpectedly (${reason}); the batch was not completed. Retry the request.`,
     );
     for (const [id] of slot.inFlight) this.settle(slot, id, crashed);
-    if (slot.stopping || this.closing !== undefined) {
+    slot.retired = true;
+    if (this.closing !== undefined) {
       this.maybeFinishDrain();
       return;
     }
@@ -591,12 +809,12 @@ export class Engine extends EventEmitter<EngineEvents> {
       this.maybeFinishDrain();
     });
     await Promise.all(
-      this.slots.map(
+      this.workers.map(
         (slot) =>
           new Promise<void>((resolve) => {
-            slot.stopping = true;
             if (slot.worker.threadId === -1) return resolve(); // already exited
             slot.worker.once('exit', () => resolve());
+            slot.retired = true;
             slot.worker.postMessage({ type: 'stop' } satisfies HostMessage);
           }),
       ),
@@ -605,8 +823,8 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   private maybeFinishDrain(): void {
     if (this.drainResolve === undefined) return;
-    const busy = this.slots.some((slot) => slot.inFlight.size > 0);
-    const canRun = this.slots.some((slot) => slot.ready);
+    const busy = this.workers.some((slot) => !slot.retired && slot.inFlight.size > 0);
+    const canRun = this.workers.some((slot) => slot.ready && !slot.retired);
     if (busy || (this.queue.length > 0 && canRun)) return;
     // Nothing can run what is still queued (no live worker): fail it rather than hang.
     for (const batch of this.queue.splice(0)) {
@@ -638,13 +856,4 @@ function providerUnavailable(
       'To run on CPU instead, allow the fallback (PROVIDER_FALLBACK=true) or ask for cpu (EXECUTION_PROVIDER=cpu).',
     { provider, deviceId, reason },
   );
-}
-
-function toGraph(layout: MixtureLayout, bytes: Uint8Array): MixtureGraph {
-  return {
-    version: layout.version,
-    bytes,
-    groupCount: layout.groups.length,
-    headCount: layout.heads.length,
-  };
 }

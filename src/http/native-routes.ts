@@ -7,10 +7,10 @@ import { isAbsolute, relative, resolve } from 'node:path';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
+import type { AdapterInfo as RegistryAdapter } from '../adapters/registry.js';
 import { MoeError } from '../errors.js';
 import type { InferRequest } from '../inference/model.js';
 import type { InferAnswer, Inference } from '../inference/service.js';
-import type { AdapterInfo as RegistryAdapter } from '../pack/registry.js';
 import { adminGuard } from './admin-auth.js';
 import { modelList } from './compositions.js';
 import {
@@ -189,6 +189,7 @@ export function toInferRequest(body: InferBody): InferRequest {
     ...(body.adapters === undefined ? {} : { adapters: body.adapters }),
     ...(body.exclude === undefined ? {} : { exclude: body.exclude }),
     ...(body.top_k === undefined ? {} : { topK: body.top_k }),
+    ...(body.top_p === undefined ? {} : { topP: body.top_p }),
   };
 }
 
@@ -231,8 +232,7 @@ export function serverTiming(answer: InferAnswer): string {
   return [
     `tokenize;dur=${t.tokenizeMs.toFixed(2)}`,
     `queue;dur=${t.queueMs.toFixed(2)}`,
-    `backbone;dur=${t.backboneMs.toFixed(2)}`,
-    `mixture;dur=${t.mixtureMs.toFixed(2)}`,
+    `forward;dur=${t.forwardMs.toFixed(2)}`,
   ].join(', ');
 }
 
@@ -242,7 +242,7 @@ function adapterJson(info: RegistryAdapter) {
     group: info.group,
     type: info.type,
     rank: info.rank,
-    activation: info.activation,
+    ...(info.activation === undefined ? {} : { activation: info.activation }),
     state: info.state,
     loaded_at: info.loadedAt?.toISOString() ?? null,
     source: info.source,

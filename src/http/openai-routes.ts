@@ -173,6 +173,7 @@ export async function openaiRoutes(
         ...(routing.adapters === undefined ? {} : { adapters: routing.adapters }),
         ...(routing.exclude === undefined ? {} : { exclude: routing.exclude }),
         ...(routing.top_k === undefined ? {} : { topK: routing.top_k }),
+        ...(routing.top_p === undefined ? {} : { topP: routing.top_p }),
       };
       const answer = await inference.infer(applyComposition(inferRequest, composition), {
         deadline: performance.now() + limits.requestTimeoutMs,

@@ -36,7 +36,20 @@ export const RoutingFields = {
   language: Type.Optional(
     Type.String({ description: "Pin this adapter in the 'language' group." }),
   ),
-  adapters: Type.Optional(Dict(Type.String(), { description: 'Pins: group id -> adapter id.' })),
+  adapters: Type.Optional(
+    Dict(
+      Type.Union([
+        Type.String({ description: 'Pin: this adapter alone (weight 1).' }),
+        Dict(Type.Number({ minimum: 0 }), {
+          description: 'Explicit mixture: adapter id -> weight; weights >= 0 summing to 1.',
+        }),
+      ]),
+      {
+        description:
+          'group id -> an adapter id to pin, or {adapter id: weight} for an exact mixture of several (e.g. {"task": {"a": 0.7, "b": 0.3}}).',
+      },
+    ),
+  ),
   exclude: Type.Optional(
     Type.Array(Type.String(), { description: 'Adapter ids never to route to.' }),
   ),
@@ -44,6 +57,14 @@ export const RoutingFields = {
     Type.Integer({
       minimum: 1,
       description: 'Adapters mixed in every gated group that is not pinned (1..group size).',
+    }),
+  ),
+  top_p: Type.Optional(
+    Type.Number({
+      exclusiveMinimum: 0,
+      maximum: 1,
+      description:
+        'In every gated group that is not pinned: the fewest adapters (at most top_k) whose gate probabilities reach p. 1: always top_k.',
     }),
   ),
 };
@@ -105,9 +126,15 @@ export type InferResponse = Static<typeof InferResponse>;
 export const AdapterInfo = Type.Object({
   id: Type.String(),
   group: Type.String(),
-  type: Type.Literal('bottleneck'),
-  rank: Type.Integer(),
-  activation: Type.String(),
+  type: Type.Union(
+    [Type.Literal('bottleneck'), Type.Literal('lora'), Type.Literal('bottleneck-layers')],
+    {
+      description:
+        "'bottleneck': on the backbone's last hidden state; 'lora': LoRA in every layer (PEFT); 'bottleneck-layers': bottleneck adapters in every layer (AdapterHub).",
+    },
+  ),
+  rank: Type.Integer({ description: 'LoRA rank, or bottleneck width.' }),
+  activation: Type.Optional(Type.String()),
   state: Type.Union([
     Type.Literal('loading'),
     Type.Literal('ready'),

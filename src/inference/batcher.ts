@@ -37,16 +37,15 @@ export interface BatchStats {
   readonly items: number;
   readonly paddedTokens: number;
   readonly realTokens: number;
-  readonly backboneMs: number;
-  readonly mixtureMs: number;
+  /** The model's forward pass in the engine worker. */
+  readonly forwardMs: number;
 }
 
 /** Per item: the engine's answer and where its time went. */
 export interface ItemAnswer {
   readonly result: EngineItemResult;
   readonly queueMs: number;
-  readonly backboneMs: number;
-  readonly mixtureMs: number;
+  readonly forwardMs: number;
   readonly batchSize: number;
 }
 
@@ -208,12 +207,12 @@ export class Batcher {
     const started = performance.now();
     this.engine.run(batch.map((entry) => entry.item)).then(
       (outcome) => {
+        const forwardMs = outcome.timings.backboneMs + outcome.timings.graphMs;
         this.options.onBatch?.({
           items: batch.length,
           paddedTokens: outcome.paddedTokens,
           realTokens: batch.reduce((sum, entry) => sum + entry.tokens, 0),
-          backboneMs: outcome.timings.backboneMs,
-          mixtureMs: outcome.timings.mixtureMs,
+          forwardMs,
         });
         outcome.items.forEach((item, i) => {
           const entry = batch[i]!;
@@ -225,8 +224,7 @@ export class Batcher {
           this.answer(entry, {
             result: item.result,
             queueMs: started - entry.enqueuedAt,
-            backboneMs: outcome.timings.backboneMs,
-            mixtureMs: outcome.timings.mixtureMs,
+            forwardMs,
             batchSize: batch.length,
           });
         });

@@ -5,20 +5,20 @@
  * batcher between `prepare` and the engine.
  */
 
+import { AdapterRegistry } from '../adapters/registry.js';
 import type { EngineItemResult, TaskOutput } from '../engine/decode.js';
 import { Engine, type EngineOptions } from '../engine/engine.js';
-import { type ItemRouting, routeItem } from '../engine/routing.js';
+import { type ItemRouting, planItem, type RoutingView } from '../engine/routing.js';
 import { MoeError } from '../errors.js';
 import { prepareBackbone } from '../onnx/backbone-cache.js';
-import type { MixtureLayout } from '../onnx/mixture-contract.js';
-import { type LoadedPack, loadPack } from '../pack/load.js';
-import { AdapterRegistry } from '../pack/registry.js';
+import { checkTokenizerFitsGates, type LoadedPack, loadPack } from '../pack/load.js';
+import { engineGraphOf, slotGroupsOf } from './pack-graph-plan.js';
 import { TextTokenizer, type TruncationPolicy } from './tokenizer.js';
 
 export interface ModelOptions {
   /** Folder of the model pack (holds manifest.json). */
   readonly packDir: string;
-  readonly engine?: Omit<EngineOptions, 'backbonePath'>;
+  readonly engine?: EngineOptions;
   /**
    * Where a Hugging Face backbone's built graph is cached; default `<pack>/.cache/backbone`
    * (src/onnx/backbone-cache.ts).
@@ -43,12 +43,17 @@ export interface InferRequest {
   readonly task?: string;
   /** Shorthand for pinning the adapter of the group named 'language'. */
   readonly language?: string;
-  /** group id -> adapter id to pin. */
-  readonly adapters?: Readonly<Record<string, string>>;
+  /**
+   * group id -> an adapter id to pin, or adapter id -> weight for an explicit mixture (weights
+   * >= 0 summing to 1).
+   */
+  readonly adapters?: Readonly<Record<string, string | Readonly<Record<string, number>>>>;
   /** Adapter ids never to route to. */
   readonly exclude?: readonly string[];
   /** Adapters mixed in every gated group that is not pinned; default: each group's default_k. */
   readonly topK?: number;
+  /** Top-p in every gated group that is not pinned; default: each group's default_top_p. */
+  readonly topP?: number;
 }
 
 export interface InferResult {
@@ -100,22 +105,18 @@ export class ModelFrontend {
     readonly tokenizer: TextTokenizer,
     readonly registry: AdapterRegistry,
     private readonly truncation: TruncationPolicy,
-    /** The layout of the pack's own adapters (the frontend has no engine whose layout to follow). */
-    private readonly packLayout: MixtureLayout | undefined,
   ) {}
 
   /** Open the pack and its tokenizer only: no engine workers, no ORT sessions. */
   static async open(options: Pick<ModelOptions, 'packDir' | 'truncation'>): Promise<ModelFrontend> {
-    const pack = await loadPack(options.packDir);
-    const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
-    const registry = new AdapterRegistry(pack);
-    const { layout } = registry.compileCurrent();
-    return new ModelFrontend(pack, tokenizer, registry, options.truncation ?? 'truncate', layout);
+    const { pack, tokenizer } = await openPackAndTokenizer(options.packDir);
+    const registry = new AdapterRegistry(pack, slotGroupsOf(pack));
+    return new ModelFrontend(pack, tokenizer, registry, options.truncation ?? 'truncate');
   }
 
-  /** The mixture layout requests are validated against. */
-  get layout(): MixtureLayout {
-    return this.packLayout!;
+  /** What requests are validated against: the adapters the registry serves now. */
+  get view(): RoutingView {
+    return this.registry.view();
   }
 
   get name(): string {
@@ -154,24 +155,31 @@ export class ModelFrontend {
       }
       pins.language = request.language;
     }
-    Object.assign(pins, request.adapters);
+    const weights: Record<string, Readonly<Record<string, number>>> = {};
+    for (const [group, choice] of Object.entries(request.adapters ?? {})) {
+      if (typeof choice === 'string') pins[group] = choice;
+      else weights[group] = choice;
+    }
     const k: Record<string, number> = {};
-    if (request.topK !== undefined) {
-      for (const group of this.layout.groups) {
-        if (group.gated && pins[group.id] === undefined) k[group.id] = request.topK;
-      }
+    const topP: Record<string, number> = {};
+    for (const group of this.view.groups) {
+      if (!group.gated || pins[group.id] !== undefined || weights[group.id] !== undefined) continue;
+      if (request.topK !== undefined) k[group.id] = request.topK;
+      if (request.topP !== undefined) topP[group.id] = request.topP;
     }
     const routing: ItemRouting = {
       pins,
+      weights,
       k,
+      topP,
       ...(request.exclude === undefined ? {} : { exclude: request.exclude }),
     };
-    // Fail fast, before anything is queued. The engine resolves it again at dispatch against the
-    // graph then current (an adapter may have been unloaded in between).
-    routeItem(this.layout, routing);
+    // Fail fast, before anything is queued. The engine plans it again at dispatch against the
+    // adapters then served (one may have been unloaded in between).
+    planItem(this.view, routing);
     // Without a task, answer the heads whose adapter this routing really uses: a head trained on
     // its own task adapter says little when run through another one.
-    tasks ??= this.headsServedBy(pins);
+    tasks ??= this.headsServedBy(pins, weights);
     if (request.tokenIds !== undefined) {
       if (request.inputs.length > 0) {
         throw new MoeError('INPUT_INVALID', 'Send texts or token ids in one request, not both.', {
@@ -210,7 +218,7 @@ export class ModelFrontend {
       description: this.pack.manifest.description ?? '',
       hiddenSize: this.pack.hiddenSize,
       maxLength: this.pack.maxLength,
-      groups: this.layout.groups.map((g) => ({
+      groups: this.view.groups.map((g) => ({
         id: g.id,
         gated: g.gated,
         defaultK: g.defaultK,
@@ -225,11 +233,16 @@ export class ModelFrontend {
    * heads without a pin; a pin into a gated, unpinned group cannot be known before the gate runs,
    * so such heads are kept.
    */
-  private headsServedBy(pins: Readonly<Record<string, string>>): string[] {
+  private headsServedBy(
+    pins: Readonly<Record<string, string>>,
+    weights: Readonly<Record<string, Readonly<Record<string, number>>>>,
+  ): string[] {
     return this.pack.heads
       .filter((head) => {
         if (head.pin === undefined) return true;
-        const group = this.layout.groups.find((g) => g.id === head.pin!.group);
+        const group = this.view.groups.find((g) => g.id === head.pin!.group);
+        const mixture = weights[head.pin.group];
+        if (mixture !== undefined) return (mixture[head.pin.adapter] ?? 0) > 0;
         const chosen = pins[head.pin.group] ?? (group?.gated ? undefined : group?.defaultAdapter);
         return chosen === undefined || chosen === head.pin.adapter;
       })
@@ -245,32 +258,28 @@ export class Model extends ModelFrontend {
     readonly engine: Engine,
     truncation: TruncationPolicy,
   ) {
-    super(pack, tokenizer, registry, truncation, undefined);
+    super(pack, tokenizer, registry, truncation);
   }
 
   static override async open(options: ModelOptions): Promise<Model> {
-    const pack = await loadPack(options.packDir);
-    const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
-    const registry = new AdapterRegistry(pack);
-    const first = registry.compileCurrent();
+    const { pack, tokenizer } = await openPackAndTokenizer(options.packDir);
     // A Hugging Face backbone's graph is built here, at start-up before anything listens, on the
     // first start only (then it is cached); ONNX backbones are used as they are.
     const backbone = await prepareBackbone(pack.dir, pack.manifest.name, pack.backbone, {
       ...(options.backboneCacheDir === undefined ? {} : { cacheDir: options.backboneCacheDir }),
       log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
     });
-    const engine = await Engine.start(
-      { ...options.engine, backbonePath: backbone.path },
-      first.layout,
-      first.bytes,
-    );
-    registry.attach(engine);
+    const graph = engineGraphOf(pack, backbone.path);
+    const registry = new AdapterRegistry(pack, graph.groups);
+    const engine = await Engine.start(options.engine ?? {}, graph);
+    engine.setRoutingView(() => registry.view());
+    try {
+      await registry.attach(engine);
+    } catch (error) {
+      await engine.close();
+      throw error;
+    }
     return new Model(pack, tokenizer, registry, engine, options.truncation ?? 'truncate');
-  }
-
-  /** The engine's current layout (it changes when adapters are loaded or unloaded). */
-  override get layout(): MixtureLayout {
-    return this.engine.layout;
   }
 
   /** Run prepared items as one engine batch. Item errors (routing) reject the whole call. */
@@ -290,6 +299,16 @@ export class Model extends ModelFrontend {
   close(): Promise<void> {
     return this.engine.close();
   }
+}
+
+/** The pack and its tokenizer, with the checks that need both (token_bag gates cover the ids). */
+async function openPackAndTokenizer(
+  packDir: string,
+): Promise<{ pack: LoadedPack; tokenizer: TextTokenizer }> {
+  const pack = await loadPack(packDir);
+  const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
+  checkTokenizerFitsGates(pack, tokenizer.vocabSize);
+  return { pack, tokenizer };
 }
 
 /** Keep the requested tasks' outputs and attach the token accounting. */

@@ -2,9 +2,10 @@
  * The `Inference` interface the HTTP layer talks to, and its embedded implementation: tokenizer,
  * batcher and engine in this process. (Queue mode implements the same interface over Redis.)
  */
+
+import type { AdapterInfo } from '../adapters/registry.js';
 import { MoeError } from '../errors.js';
 import type { Metrics } from '../metrics.js';
-import type { AdapterInfo } from '../pack/registry.js';
 import type { BatchLimits } from './batch-policy.js';
 import { Batcher, type BatchStats, type ItemAnswer } from './batcher.js';
 import {
@@ -29,8 +30,8 @@ export interface InferOptions {
 export interface Timings {
   readonly tokenizeMs: number;
   readonly queueMs: number;
-  readonly backboneMs: number;
-  readonly mixtureMs: number;
+  /** The model's forward pass (one engine batch). */
+  readonly forwardMs: number;
 }
 
 export interface InferAnswer {
@@ -114,6 +115,7 @@ export class EmbeddedInference implements Inference {
       onDrop: (reason) => metrics.rejected.inc({ reason }),
     });
     model.engine.on('worker-restart', () => metrics.workerRestarts.inc());
+    model.engine.on('slot-miss', ({ group }) => metrics.adapterSlotMisses.inc({ group }));
     // A replacement worker brings capacity that no finishing batch will announce.
     model.engine.on('worker-ready', () => this.batcher.wake());
     model.registry.on('loaded', (e) => this.recordAdapterOperation('load', 'ok', e.seconds));
@@ -126,6 +128,10 @@ export class EmbeddedInference implements Inference {
     this.recordAdapterCounts();
     metrics.onCollect(() => {
       metrics.queueDepth.set(this.batcher.queued);
+      for (const usage of model.engine.slotUsage()) {
+        metrics.adapterSlots.set({ group: usage.group, state: 'capacity' }, usage.slots);
+        metrics.adapterSlots.set({ group: usage.group, state: 'used' }, usage.used);
+      }
       const provider = model.engine.provider;
       if (provider !== undefined) {
         metrics.executionProvider.set(
@@ -170,7 +176,7 @@ export class EmbeddedInference implements Inference {
       const item = items[i]!;
       inputTokens += item.ids.length;
       this.metrics.stageDuration.observe({ stage: 'queue' }, answer.queueMs / 1000);
-      this.recordRouting(answer.result.routing);
+      this.recordRouting(answer.result);
       return toResult(answer.result, item);
     });
     this.metrics.inputTokens.inc(inputTokens);
@@ -181,8 +187,7 @@ export class EmbeddedInference implements Inference {
       timings: {
         tokenizeMs,
         queueMs: Math.max(...answers.map((a) => a.queueMs)),
-        backboneMs: Math.max(...answers.map((a) => a.backboneMs)),
-        mixtureMs: Math.max(...answers.map((a) => a.mixtureMs)),
+        forwardMs: Math.max(...answers.map((a) => a.forwardMs)),
       },
     };
   }
@@ -241,19 +246,20 @@ export class EmbeddedInference implements Inference {
     m.batchTokens.observe(stats.paddedTokens);
     if (stats.paddedTokens > 0)
       m.batchPaddingRatio.observe(1 - stats.realTokens / stats.paddedTokens);
-    m.stageDuration.observe({ stage: 'backbone' }, stats.backboneMs / 1000);
-    m.stageDuration.observe({ stage: 'mixture' }, stats.mixtureMs / 1000);
+    m.stageDuration.observe({ stage: 'forward' }, stats.forwardMs / 1000);
   }
 
-  private recordRouting(routing: InferResult['routing']): void {
-    for (const [group, chosen] of Object.entries(routing)) {
-      let entropy = 0;
+  private recordRouting(result: ItemAnswer['result']): void {
+    for (const [group, chosen] of Object.entries(result.routing)) {
       for (const { adapter, weight } of chosen) {
         this.metrics.adapterSelections.inc({ group, adapter });
         this.metrics.adapterWeight.inc({ group, adapter }, weight);
-        if (weight > 0) entropy -= weight * Math.log(weight);
       }
-      this.metrics.gateEntropy.observe({ group }, entropy);
+      this.metrics.routedExperts.observe({ group }, chosen.length);
+    }
+    for (const [group, gate] of Object.entries(result.gates)) {
+      this.metrics.gateEntropy.observe({ group }, gate.entropy);
+      this.metrics.gateMargin.observe({ group }, gate.margin);
     }
   }
 
@@ -267,7 +273,7 @@ export class EmbeddedInference implements Inference {
   }
 
   private recordAdapterCounts(): void {
-    for (const group of this.model.engine.layout.groups) {
+    for (const group of this.model.view.groups) {
       this.metrics.adaptersLoaded.set({ group: group.id }, group.adapters.length);
     }
   }

@@ -42,15 +42,23 @@ export interface FixturePackOptions {
   languageAdapters?: number;
   /** Ranks of the language adapters, cycled (default [4, 8, 2, 8]). */
   ranks?: number[];
-  /** The language gate's type (default 'linear'). */
-  gate?: 'linear' | 'mlp';
+  /**
+   * The language gate's type (default 'linear'). 'token_bag': over the tokenizer's ids, width 8,
+   * FIXTURE_BIGRAM_BUCKETS hashed bigram rows, no hidden layer.
+   */
+  gate?: 'linear' | 'mlp' | 'token_bag';
   /** The task group's gate; null (default): routed by the request, default adapter 'topic'. */
   taskGate?: 'linear' | 'mlp' | null;
   /** Activation of every adapter (default 'gelu'). */
   activation?: Activation;
   /** default_k of the language group (default 1). */
   languageDefaultK?: number;
+  /** Slots of the language group (default: the pack's default). */
+  languageSlots?: number;
 }
+
+/** Bigram buckets of the fixture's token_bag gate (a prime, so that hashing spreads pairs). */
+export const FIXTURE_BIGRAM_BUCKETS = 31;
 
 /** Ids of the language adapters, in order; more than these are named lang8, lang9, ... */
 export const FIXTURE_LANGUAGES = ['en', 'de', 'fr', 'ru', 'el', 'ar', 'zh', 'es'] as const;
@@ -204,8 +212,13 @@ export async function buildFixturePack(
     if (spec.gate !== null) {
       gate = { type: spec.gate, file: `gates/${spec.id}.safetensors`, experts: [...spec.ids] };
       if (spec.gate === 'mlp') gate.activation = 'relu';
+      if (spec.gate === 'token_bag') gate.bigram_buckets = FIXTURE_BIGRAM_BUCKETS;
       await mkdir(join(dir, 'gates'), { recursive: true });
-      await writeSafetensors(join(dir, gate.file), randomGate(rng, spec.gate, d, spec.ids.length));
+      const tensors =
+        spec.gate === 'token_bag'
+          ? randomTokenBag(rng, vocab.length, spec.ids.length)
+          : randomGate(rng, spec.gate, d, spec.ids.length);
+      await writeSafetensors(join(dir, gate.file), tensors);
     }
     groups.push({
       id: spec.id,
@@ -213,6 +226,9 @@ export async function buildFixturePack(
       adapters,
       gate,
       ...(gate === null ? { default_adapter: spec.ids[0]! } : {}),
+      ...(spec.id === 'language' && options.languageSlots !== undefined
+        ? { slots: options.languageSlots }
+        : {}),
     });
   }
 
@@ -264,6 +280,15 @@ function randomGate(
     'hidden.weight': randomWeight(rng, [d, h], 1 / Math.sqrt(d)),
     'hidden.bias': randomWeight(rng, [h], 0.1),
     'out.weight': randomWeight(rng, [h, experts], 2 / Math.sqrt(h)),
+    'out.bias': randomWeight(rng, [experts], 0.1),
+  };
+}
+
+function randomTokenBag(rng: Random, vocabSize: number, experts: number): Record<string, Weight> {
+  const w = 8;
+  return {
+    'embedding.weight': randomWeight(rng, [vocabSize + FIXTURE_BIGRAM_BUCKETS, w], 1),
+    'out.weight': randomWeight(rng, [w, experts], 2 / Math.sqrt(w)),
     'out.bias': randomWeight(rng, [experts], 0.1),
   };
 }

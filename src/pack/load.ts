@@ -27,7 +27,17 @@ import {
 } from './manifest.js';
 import { existingEntry, existingFile } from './paths.js';
 import { readSafetensors, type SafeTensor } from './safetensors.js';
-import type { BottleneckAdapter, Gate, Head, Pooling } from './types.js';
+import type {
+  BottleneckAdapter,
+  Gate,
+  GroupStructure,
+  Head,
+  Pooling,
+  TokenBagGate,
+} from './types.js';
+
+/** Default slots per group: twice its pack adapters, and at least this many (room to load more). */
+const MIN_DEFAULT_SLOTS = 16;
 
 export interface HeadPin {
   readonly group: string;
@@ -42,14 +52,20 @@ export interface PackHead extends Head {
 export interface LoadedGroup {
   readonly id: string;
   readonly defaultK: number;
+  /** Default top-p of the gate (1: always k). */
+  readonly defaultTopP: number;
+  /** Where its adapters sit and what one slot holds. */
+  readonly structure: GroupStructure;
+  /** Slots the engine keeps for the group. */
+  readonly slots: number;
   /** null: routed by the request only. Gate column j scores the adapter named gate.experts[j]. */
   readonly gate: Gate | null;
+  /** The gate's safetensors file (resolved path), for errors that only later checks can find. */
+  readonly gateFile?: string;
   /** In manifest order (the bank order). */
   readonly adapters: BottleneckAdapter[];
   /** Only for an ungated group: the adapter used when a request pins none. */
   readonly defaultAdapter?: string;
-  /** Where the adapters sit: 'top' of the backbone (the only placement served today). */
-  readonly placement: 'top' | 'layers';
 }
 
 export interface LoadedPack {
@@ -179,17 +195,40 @@ export async function loadPack(dir: string): Promise<LoadedPack> {
       adapters.push(adapter);
     }
 
-    const gate =
+    const loaded =
       group.gate === null
         ? null
         : await loadGate(dir, group.gate, adapterIds, hiddenSize, m, `${at}/gate`);
+    const packRank = Math.max(...adapters.map((adapter) => adapter.rank));
+    const rank = group.rank ?? packRank;
+    if (rank < packRank) {
+      throw new PackError(
+        'PACK_INVALID_MANIFEST',
+        m,
+        `${at}/rank`,
+        `rank ${rank} is below the rank ${packRank} of the group's own adapters; raise it or leave it out`,
+      );
+    }
+    const slots = group.slots ?? Math.max(MIN_DEFAULT_SLOTS, 2 * adapters.length);
+    const gateExperts = group.gate === null ? 0 : adapters.length;
+    if (slots < gateExperts) {
+      throw new PackError(
+        'PACK_INVALID_MANIFEST',
+        m,
+        `${at}/slots`,
+        `${slots} slots cannot hold the ${gateExperts} adapters the gate chooses among; give the group at least ${gateExperts}`,
+      );
+    }
     groups.push({
       id: group.id,
       defaultK: group.default_k,
-      gate,
+      defaultTopP: group.default_top_p ?? 1,
+      structure: { kind: 'top', rank, activation: adapters[0]!.activation },
+      slots,
+      gate: loaded?.gate ?? null,
+      ...(loaded === null ? {} : { gateFile: loaded.file }),
       adapters,
       ...(group.default_adapter === undefined ? {} : { defaultAdapter: group.default_adapter }),
-      placement: group.placement ?? 'top',
     });
   }
 
@@ -350,6 +389,29 @@ export async function loadAdapterFolder(
   };
 }
 
+/**
+ * Checks what only the tokenizer can tell: every token_bag gate has a row for each token id (its
+ * table's rows before the bigram buckets are at least the tokenizer's vocabulary size), so that no
+ * id can index past the table. Call it once the tokenizer is loaded (`vocabSize`: ids are
+ * 0..vocabSize-1). Throws PackError PACK_SHAPE_MISMATCH naming the gate file and tensor.
+ */
+export function checkTokenizerFitsGates(pack: LoadedPack, vocabSize: number): void {
+  for (const group of pack.groups) {
+    const gate = group.gate;
+    if (gate?.type !== 'token_bag') continue;
+    const rows = gate.embedding.shape[0]!;
+    const vocabRows = rows - gate.buckets;
+    if (vocabRows < vocabSize) {
+      throw new PackError(
+        'PACK_SHAPE_MISMATCH',
+        group.gateFile ?? pack.dir,
+        'embedding.weight',
+        `has ${vocabRows} token rows (${rows} rows - ${gate.buckets} bigram_buckets) but the tokenizer ${pack.tokenizerPath} has ${vocabSize} token ids; the gate of group '${group.id}' needs a row for each (train it with this tokenizer)`,
+      );
+    }
+  }
+}
+
 async function loadGate(
   dir: string,
   gate: ManifestGate,
@@ -357,7 +419,7 @@ async function loadGate(
   hiddenSize: number,
   manifestPath: string,
   at: string,
-): Promise<Gate> {
+): Promise<{ gate: Gate; file: string }> {
   const experts = gate.experts;
   const seen = new Set<string>();
   for (const expert of experts) {
@@ -398,15 +460,34 @@ async function loadGate(
       'PACK_INVALID_MANIFEST',
       manifestPath,
       `${at}/activation`,
-      "is only for an 'mlp' gate; remove it",
+      "is only for an 'mlp' or 'token_bag' gate; remove it",
+    );
+  }
+  if (gate.type === 'token_bag' && gate.bigram_buckets === undefined) {
+    throw new PackError(
+      'PACK_INVALID_MANIFEST',
+      manifestPath,
+      `${at}/bigram_buckets`,
+      "is required for a 'token_bag' gate (0 for token ids only)",
+    );
+  }
+  if (gate.type !== 'token_bag' && gate.bigram_buckets !== undefined) {
+    throw new PackError(
+      'PACK_INVALID_MANIFEST',
+      manifestPath,
+      `${at}/bigram_buckets`,
+      "is only for a 'token_bag' gate; remove it",
     );
   }
 
   const file = await existingFile(dir, gate.file, manifestPath, `${at}/file`);
   const e = experts.length;
+  if (gate.type === 'token_bag') {
+    return { gate: await loadTokenBagGate(file, gate, gate.bigram_buckets!, e), file };
+  }
   if (gate.type === 'linear') {
     const tensors = await readTensors(file, ['weight', 'bias']);
-    return {
+    const linear: Gate = {
       type: 'linear',
       experts: [...experts],
       weight: expectShape(
@@ -418,6 +499,7 @@ async function loadGate(
       ),
       bias: expectShape(file, 'bias', tensors.get('bias')!, [e], '[experts]'),
     };
+    return { gate: linear, file };
   }
   const tensors = await readTensors(file, [
     'hidden.weight',
@@ -435,7 +517,7 @@ async function loadGate(
       `shape [${hiddenWeight.shape.join(',')}] must be [hidden_size ${hiddenSize}, gate width >= 1]`,
     );
   }
-  return {
+  const mlp: Gate = {
     type: 'mlp',
     experts: [...experts],
     activation: gate.activation!,
@@ -454,6 +536,64 @@ async function loadGate(
       [h, e],
       '[width, experts]',
     ),
+    outBias: expectShape(file, 'out.bias', tensors.get('out.bias')!, [e], '[experts]'),
+  };
+  return { gate: mlp, file };
+}
+
+/**
+ * A token_bag gate's file: embedding.weight [V + buckets, w] with V >= 1, then out.weight /
+ * out.bias, and hidden.weight [w,h] / hidden.bias [h] exactly when the manifest gives an activation.
+ * Whether V covers the tokenizer is checked later (checkTokenizerFitsGates).
+ */
+async function loadTokenBagGate(
+  file: string,
+  gate: ManifestGate,
+  buckets: number,
+  e: number,
+): Promise<TokenBagGate> {
+  const hidden = gate.activation !== undefined;
+  const names = ['embedding.weight', ...(hidden ? ['hidden.weight', 'hidden.bias'] : [])];
+  const tensors = await readTensors(file, [...names, 'out.weight', 'out.bias']);
+  const table = tensors.get('embedding.weight')!;
+  const rows = table.shape[0] ?? 0;
+  const w = table.shape[1] ?? 0;
+  if (table.shape.length !== 2 || rows <= buckets || w < 1) {
+    throw new PackError(
+      'PACK_SHAPE_MISMATCH',
+      file,
+      'embedding.weight',
+      `shape [${table.shape.join(',')}] must be [token rows + bigram_buckets ${buckets}, width], with at least one token row and width >= 1`,
+    );
+  }
+  let width = w;
+  let layer: TokenBagGate['hidden'];
+  if (hidden) {
+    const weight = tensors.get('hidden.weight')!;
+    const h = weight.shape.length === 2 ? weight.shape[1]! : -1;
+    if (h < 1) {
+      throw new PackError(
+        'PACK_SHAPE_MISMATCH',
+        file,
+        'hidden.weight',
+        `shape [${weight.shape.join(',')}] must be [embedding width ${w}, hidden width >= 1]`,
+      );
+    }
+    layer = {
+      activation: gate.activation!,
+      weight: expectShape(file, 'hidden.weight', weight, [w, h], '[embedding width, hidden width]'),
+      bias: expectShape(file, 'hidden.bias', tensors.get('hidden.bias')!, [h], '[hidden width]'),
+    };
+    width = h;
+  }
+  const meaning = hidden ? '[hidden width, experts]' : '[embedding width, experts]';
+  return {
+    type: 'token_bag',
+    experts: [...gate.experts],
+    buckets,
+    embedding: table,
+    ...(layer === undefined ? {} : { hidden: layer }),
+    outWeight: expectShape(file, 'out.weight', tensors.get('out.weight')!, [width, e], meaning),
     outBias: expectShape(file, 'out.bias', tensors.get('out.bias')!, [e], '[experts]'),
   };
 }

@@ -128,9 +128,9 @@ export const AdapterRefSchema = Type.Object(
 
 export const GateSchema = Type.Object(
   {
-    type: Type.Enum(['linear', 'mlp'], {
+    type: Type.Enum(['linear', 'mlp', 'token_bag'], {
       description:
-        "Router kind. 'linear': logits = pooled @ weight + bias (tensors weight [d,E], bias [E]). 'mlp': logits = act(pooled @ hidden.weight + hidden.bias) @ out.weight + out.bias (tensors hidden.weight [d,h], hidden.bias [h], out.weight [h,E], out.bias [E]).",
+        "Router kind. 'linear': logits = pooled @ weight + bias (tensors weight [d,E], bias [E]). 'mlp': logits = act(pooled @ hidden.weight + hidden.bias) @ out.weight + out.bias (tensors hidden.weight [d,h], hidden.bias [h], out.weight [h,E], out.bias [E]). 'token_bag': reads the token ids, not the hidden state (it runs before the backbone): pooled = mean of embedding.weight rows over the input's tokens and hashed token bigrams, then out.weight / out.bias, optionally after a hidden layer (tensors embedding.weight [V + bigram_buckets, w], out.weight [w,E], out.bias [E]; with activation also hidden.weight [w,h], hidden.bias [h] and out.weight [h,E]).",
     }),
     file: RelativePath('safetensors file with the gate tensors (F32, math layout x @ W).'),
     experts: Type.Array(Id('Adapter id.'), {
@@ -140,12 +140,21 @@ export const GateSchema = Type.Object(
     }),
     activation: Type.Optional({
       ...ActivationSchema,
-      description: "Hidden-layer non-linearity; required for 'mlp', not allowed for 'linear'.",
+      description:
+        "Hidden-layer non-linearity; required for 'mlp', not allowed for 'linear'; for 'token_bag' it adds the hidden layer (hidden.weight, hidden.bias).",
     }),
+    bigram_buckets: Type.Optional(
+      Type.Integer({
+        minimum: 0,
+        description:
+          "Only for 'token_bag', and required there: the hashed token-bigram rows N at the end of embedding.weight (0: token ids only). Adjacent real tokens a, b use row V + (a * 1000003 + b) mod N, V = rows - N.",
+      }),
+    ),
   },
   {
     additionalProperties: false,
-    description: 'A learned router over the masked mean of the hidden state entering the group.',
+    description:
+      "A learned router: over the masked mean of the hidden state entering the group ('linear', 'mlp'), or over the input's token ids ('token_bag').",
   },
 );
 
@@ -168,6 +177,29 @@ export const GroupSchema = Type.Object(
       Id(
         'Only for a group without a gate: the adapter used when a request pins none of its adapters; without it, such requests must pin one.',
       ),
+    ),
+    default_top_p: Type.Optional(
+      Type.Number({
+        exclusiveMinimum: 0,
+        maximum: 1,
+        description:
+          'Top-p of the gate when a request does not say: per input, the fewest adapters (at most k) whose gate probabilities reach p. Default 1: always k.',
+      }),
+    ),
+    slots: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: 4096,
+        description:
+          "Adapters the group holds ready in the engine at once (its slot banks). Every adapter the gate can choose needs a slot; others are written into one when a request names them, evicting the least recently used. Default: twice the pack's adapters of the group, at least 16.",
+      }),
+    ),
+    rank: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        description:
+          "Largest adapter rank (bottleneck width) a slot holds; adapters loaded later must fit it. Default: the largest rank among the pack's adapters of the group.",
+      }),
     ),
     placement: Type.Optional(
       Type.Enum(['top', 'layers'], {

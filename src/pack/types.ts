@@ -4,6 +4,9 @@
  * width a to width b is stored [a,b] and applied as x @ W (not PyTorch's [out,in]).
  */
 
+import type { LinearModule } from './encoder-types.js';
+import type { BottleneckPlacement } from './layer-adapter-types.js';
+
 export type Activation = 'relu' | 'gelu' | 'tanh' | 'identity';
 
 /** A float32 tensor with its shape, row-major. */
@@ -51,7 +54,33 @@ export interface MlpGate {
   readonly outBias: Weight; // [E]
 }
 
-export type Gate = LinearGate | MlpGate;
+/**
+ * A router over the input's token ids alone (fastText-like), computed before the backbone:
+ *   features = the real tokens' ids t_1..t_n, and, when buckets > 0, for each pair of adjacent real
+ *              tokens the row V + (t_{i-1} * TOKEN_BAG_BIGRAM_MULTIPLIER + t_i) mod buckets
+ *   pooled   = mean over the features of embedding[feature]                  [w]
+ *   x        = hidden ? act(pooled @ hidden.weight + hidden.bias) : pooled   [w] or [h]
+ *   logits   = x @ outWeight + outBias                                       [E]
+ * V = embedding rows - buckets: token ids must be < V (the loader checks it against the tokenizer).
+ * The graph is src/onnx/token-bag.ts; the trainer src/demo/token-bag.ts.
+ */
+export interface TokenBagGate {
+  readonly type: 'token_bag';
+  readonly experts: readonly string[];
+  /** Hashed token-bigram rows at the end of the table; 0: unigrams only. */
+  readonly buckets: number;
+  readonly embedding: Weight; // [V + buckets, w]
+  /** Optional hidden layer between the pooled bag and the output. */
+  readonly hidden?: {
+    readonly activation: Activation;
+    readonly weight: Weight; // [w,h]
+    readonly bias: Weight; // [h]
+  };
+  readonly outWeight: Weight; // [w or h, E]
+  readonly outBias: Weight; // [E]
+}
+
+export type Gate = LinearGate | MlpGate | TokenBagGate;
 
 /** A task head over the mean-pooled final hidden state: logits = pooled @ weight + bias. */
 export interface Head {
@@ -89,6 +118,28 @@ export interface MixtureSpec {
   readonly hiddenSize: number;
   readonly groups: readonly MixtureGroup[];
   readonly heads: readonly Head[];
-  /** Default: mean, normalised (what every pack did before pooling was configurable). */
-  readonly pooling?: Pooling;
 }
+
+/**
+ * Where a group's adapters sit and the shape of one slot, fixed by the pack (so the graph is built
+ * once): every adapter loaded into the group must fit it.
+ * - 'top': bottleneck adapters on the backbone's last hidden state (BottleneckAdapter), bottleneck
+ *   width up to `rank`, all with the group's activation.
+ * - 'lora': LoRA on `modules` of `layers`, rank up to `rank` (LoraAdapter).
+ * - 'bottleneck-layers': AdapterHub bottleneck adapters in `layers`, width up to `size`, all with
+ *   the group's placement (BottleneckLayerAdapter).
+ */
+export type GroupStructure =
+  | { readonly kind: 'top'; readonly rank: number; readonly activation: Activation }
+  | {
+      readonly kind: 'lora';
+      readonly rank: number;
+      readonly modules: readonly LinearModule[];
+      readonly layers: readonly number[];
+    }
+  | {
+      readonly kind: 'bottleneck-layers';
+      readonly size: number;
+      readonly placement: BottleneckPlacement;
+      readonly layers: readonly number[];
+    };

@@ -1,7 +1,7 @@
 /**
  * Builds the test fixture pack (random weights; see src/pack/fixture.ts).
  *   node dist/src/tools/build-fixture-pack.js [--out models/fixture] [--seed N]
- *     [--languages N] [--gate linear|mlp] [--task-gate none|linear|mlp]
+ *     [--languages N] [--gate linear|mlp|token_bag] [--task-gate none|linear|mlp]
  * Progress and the folder written go to stderr; stdout stays empty.
  */
 
@@ -12,7 +12,7 @@ import { buildFixturePack, type FixturePackOptions } from '../pack/fixture.js';
 import { loadPack } from '../pack/load.js';
 
 const USAGE =
-  'usage: build-fixture-pack [--out models/fixture] [--seed N] [--languages N] [--gate linear|mlp] [--task-gate none|linear|mlp]';
+  'usage: build-fixture-pack [--out models/fixture] [--seed N] [--languages N] [--gate linear|mlp|token_bag] [--task-gate none|linear|mlp]';
 
 async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -35,7 +35,7 @@ async function main(argv: string[]): Promise<void> {
   if (values.languages !== undefined)
     options.languageAdapters = integer('--languages', values.languages);
   if (values.gate !== undefined)
-    options.gate = oneOf('--gate', values.gate, ['linear', 'mlp'] as const);
+    options.gate = oneOf('--gate', values.gate, ['linear', 'mlp', 'token_bag'] as const);
   if (values['task-gate'] !== undefined) {
     const taskGate = oneOf('--task-gate', values['task-gate'], ['none', 'linear', 'mlp'] as const);
     options.taskGate = taskGate === 'none' ? null : taskGate;

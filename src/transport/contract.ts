@@ -64,8 +64,7 @@ export interface JobResult {
   /** Milliseconds: in the worker's batcher (slowest input) and the batch stages it ran in. */
   readonly timings: {
     readonly queueMs: number;
-    readonly backboneMs: number;
-    readonly mixtureMs: number;
+    readonly forwardMs: number;
     /** From the job being queued in Redis to a worker taking it. */
     readonly waitMs: number;
   };

@@ -24,6 +24,7 @@
 import { randomUUID } from 'node:crypto';
 import { type Job, Queue, QueueEvents } from 'bullmq';
 import type { Redis } from 'ioredis';
+import type { AdapterInfo } from '../adapters/registry.js';
 import { MoeError } from '../errors.js';
 import type { InferRequest, InferResult, ModelFrontend, PreparedItem } from '../inference/model.js';
 import type {
@@ -38,7 +39,6 @@ import type {
   ReturnField,
 } from '../inference/service.js';
 import type { Metrics } from '../metrics.js';
-import type { AdapterInfo } from '../pack/registry.js';
 import type { Logger } from '../util/log.js';
 import {
   CONTRACT_VERSION,
@@ -137,7 +137,7 @@ export class QueueInference implements Inference, JobQueue {
     this.sweeper.unref();
 
     metrics.buildInfo.set({ model: front.name, version: front.pack.manifest.version }, 1);
-    for (const group of front.layout.groups) {
+    for (const group of front.view.groups) {
       metrics.adaptersLoaded.set({ group: group.id }, group.adapters.length);
     }
     metrics.onCollect(() => this.collectQueueCounts());
@@ -157,7 +157,7 @@ export class QueueInference implements Inference, JobQueue {
     const tokenizeMs = performance.now() - t0;
     this.metrics.stageDuration.observe({ stage: 'tokenize' }, tokenizeMs / 1000);
     if (items.length === 0) {
-      const none = { queueMs: 0, backboneMs: 0, mixtureMs: 0, waitMs: 0 };
+      const none = { queueMs: 0, forwardMs: 0, waitMs: 0 };
       return this.toAnswer({ v: CONTRACT_VERSION, results: [], timings: none }, [], tokenizeMs);
     }
     this.assertAdmits(items.length);
@@ -476,8 +476,7 @@ export class QueueInference implements Inference, JobQueue {
       timings: {
         tokenizeMs,
         queueMs: t.waitMs + t.queueMs,
-        backboneMs: t.backboneMs,
-        mixtureMs: t.mixtureMs,
+        forwardMs: t.forwardMs,
       },
     };
   }

@@ -165,8 +165,7 @@ export class QueueWorker {
         })),
         timings: {
           queueMs: answer.timings.queueMs,
-          backboneMs: answer.timings.backboneMs,
-          mixtureMs: answer.timings.mixtureMs,
+          forwardMs: answer.timings.forwardMs,
           waitMs,
         },
       };

@@ -4,6 +4,7 @@
  */
 import type { Activation, BottleneckAdapter, Gate, MixtureSpec } from '../../src/pack/types.js';
 import { gelu } from './encoder-reference.js';
+import { tokenBagReference } from './token-bag-reference.js';
 
 export interface MixtureGroupInputs {
   bias: Float32Array; // [B,E]
@@ -16,6 +17,8 @@ export interface MixtureInputs {
   seq: number;
   hidden: Float32Array; // [B,T,d]
   mask: readonly number[]; // [B,T]
+  /** Token ids [B,T]; needed when a group has a token_bag gate. */
+  ids?: readonly number[];
   groups: readonly MixtureGroupInputs[];
 }
 
@@ -58,17 +61,6 @@ function softmax(x: readonly number[]): number[] {
   return e.map((v) => v / total);
 }
 
-/** The spec's pooling (default mean): masked mean, the first token, or masked max. */
-function pool(h: number[][], mask: readonly number[], d: number, mode = 'mean'): number[] {
-  if (mode === 'cls') return [...h[0]!];
-  if (mode === 'max') {
-    return Array.from({ length: d }, (_, j) =>
-      Math.max(...h.map((row, t) => (mask[t] === 0 ? -1e9 : row[j]!))),
-    );
-  }
-  return maskedMean(h, mask, d);
-}
-
 function maskedMean(h: number[][], mask: readonly number[], d: number): number[] {
   const sum = new Array<number>(d).fill(0);
   let count = 0;
@@ -80,11 +72,22 @@ function maskedMean(h: number[][], mask: readonly number[], d: number): number[]
   return sum.map((v) => v / Math.max(count, 1));
 }
 
-/** The gate's logit for each bank adapter (0 for adapters the gate does not name). */
-function gateLogits(gate: Gate, pooled: number[], bankIds: readonly string[]): number[] {
+/**
+ * The gate's logit for each bank adapter (0 for adapters the gate does not name); a token_bag gate
+ * reads the item's ids and mask instead of the pooled state.
+ */
+function gateLogits(
+  gate: Gate,
+  pooled: number[],
+  bankIds: readonly string[],
+  item: { ids: readonly number[] | undefined; mask: readonly number[] },
+): number[] {
   const Eg = gate.experts.length;
   let perGateExpert: number[];
-  if (gate.type === 'linear') {
+  if (gate.type === 'token_bag') {
+    if (item.ids === undefined) throw new Error('mixtureReference: a token_bag gate needs ids');
+    perGateExpert = tokenBagReference(gate, item.ids, item.mask);
+  } else if (gate.type === 'linear') {
     perGateExpert = affine(pooled, gate.weight.data, gate.bias.data, Eg);
   } else {
     const h = gate.hiddenBias.data.length;
@@ -124,8 +127,11 @@ export function mixtureReference(spec: MixtureSpec, inputs: MixtureInputs): Mixt
       const gi = inputs.groups[i]!;
       const E = group.adapters.length;
       const bankIds = group.adapters.map((a) => a.id);
-      const pooled = pool(h, mask, d, spec.pooling?.mode);
-      const logits = group.gate ? gateLogits(group.gate, pooled, bankIds) : bankIds.map(() => 0);
+      const pooled = maskedMean(h, mask, d);
+      const item = { ids: inputs.ids?.slice(b * T, (b + 1) * T), mask };
+      const logits = group.gate
+        ? gateLogits(group.gate, pooled, bankIds, item)
+        : bankIds.map(() => 0);
       const scores = logits.map((v, e) => v + gi.bias[b * E + e]!);
       const order = scores
         .map((s, e) => ({ s, e }))
@@ -146,10 +152,9 @@ export function mixtureReference(spec: MixtureSpec, inputs: MixtureInputs): Mixt
         return mixed;
       });
     });
-    const pooled = pool(h, mask, d, spec.pooling?.mode);
+    const pooled = maskedMean(h, mask, d);
     const norm = Math.sqrt(pooled.reduce((a, v) => a + v * v, 0));
-    const normalize = spec.pooling?.normalize ?? true;
-    result.embedding.push(pooled.map((v) => (normalize ? v / Math.max(norm, 1e-12) : v)));
+    result.embedding.push(pooled.map((v) => v / Math.max(norm, 1e-12)));
     spec.heads.forEach((head, j) => {
       result.scores[j]!.push(
         softmax(affine(pooled, head.weight.data, head.bias.data, head.labels.length)),
