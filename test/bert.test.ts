@@ -12,6 +12,7 @@ import { after, describe, test } from 'node:test';
 import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import {
+  bertBackbone,
   ENCODER_INPUT_IDS,
   ENCODER_INPUT_MASK,
   ENCODER_OUTPUT,
@@ -20,10 +21,20 @@ import {
   writeEncoderModel,
 } from '../src/onnx/bert.js';
 import type { EncoderHooks } from '../src/onnx/encoder-hooks.js';
+import { compilePackGraph } from '../src/onnx/pack-graph.js';
+import {
+  GRAPH_INPUT_IDS,
+  GRAPH_INPUT_MASK,
+  GRAPH_OUTPUT_EMBEDDING,
+} from '../src/onnx/pack-graph-contract.js';
 import type { EncoderConfig, EncoderWeights } from '../src/pack/encoder-types.js';
 import { readHfModel } from '../src/pack/hf-model.js';
 import { Random } from '../src/util/random.js';
-import { hfEncoderReference, type ReferenceHooks } from './support/encoder-reference.js';
+import {
+  hfEncoderReference,
+  pooledReference,
+  type ReferenceHooks,
+} from './support/encoder-reference.js';
 import { type HfFolder, type HfFolderSpec, writeHfFolder } from './support/hf-folder.js';
 
 const { onnx } = onnxProto;
@@ -291,6 +302,46 @@ describe('hook points', () => {
     let m = 0;
     for (let i = 0; i < plain.length; i++) m = Math.max(m, Math.abs(plain[i]! - hooked[i]!));
     assert.ok(m <= 1e-5, `max abs difference ${m}`);
+  });
+});
+
+describe('inside the pack graph (one session: backbone, pooling, embedding)', () => {
+  test('bertBackbone emitted by compilePackGraph gives the reference sentence embeddings', async () => {
+    const { hf, config, weights } = await folder({ family: 'xlm-roberta', seed: 8 });
+    const { ids, mask } = batch(hf, [7, 2, 5]);
+    for (const pooling of [
+      { mode: 'mean', normalize: true },
+      { mode: 'cls', normalize: false },
+    ] as const) {
+      const compiled = compilePackGraph({
+        backbone: bertBackbone(config, weights),
+        pooling,
+        groups: [],
+        heads: [],
+      });
+      assert.equal(compiled.tokensInput, GRAPH_INPUT_IDS);
+      const session = await ort.InferenceSession.create(compiled.bytes, { intraOpNumThreads: 1 });
+      const B = ids.length;
+      const T = ids[0]!.length;
+      const out = await session.run({
+        [GRAPH_INPUT_IDS]: new ort.Tensor('int64', BigInt64Array.from(ids.flat(), BigInt), [B, T]),
+        [GRAPH_INPUT_MASK]: new ort.Tensor('int64', BigInt64Array.from(mask.flat(), BigInt), [
+          B,
+          T,
+        ]),
+      });
+      await session.release();
+      const hidden = hfEncoderReference(hf.config, hf.tensors, { ids, mask });
+      const want = pooledReference(
+        hidden,
+        mask,
+        config.hiddenSize,
+        pooling.mode,
+        pooling.normalize,
+      );
+      const got = out[GRAPH_OUTPUT_EMBEDDING]!.data as Float32Array;
+      assert.ok(maxAbsDiff(got, want) <= 1e-4, `${pooling.mode}: ${maxAbsDiff(got, want)}`);
+    }
   });
 });
 

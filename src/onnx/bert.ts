@@ -38,6 +38,7 @@
 import type { EncoderActivation, EncoderConfig, EncoderWeights } from '../pack/encoder-types.js';
 import type { EncoderHooks, HookContext } from './encoder-hooks.js';
 import { attr, DEFAULT_OPSET, type ExternalDataOptions, GraphBuilder } from './graph.js';
+import type { BuiltBackbone } from './pack-graph.js';
 
 /**
  * Version of the graph this file emits. Part of the backbone cache key (a built graph is reused
@@ -351,6 +352,23 @@ export function emitEncoder(
     if (hooks.block) return hooks.block({ layer, block, hidden, residual, layerNorm }, ctx);
     return layerNorm(g.add(residual, hidden, `layer${layer}_${block}_residual`));
   }
+}
+
+/**
+ * The encoder as a backbone the pack graph compiler emits into its own graph (pack-graph.ts,
+ * `BuiltBackbone`): one graph, one run per batch, with the in-layer groups' hooks inside.
+ */
+export function bertBackbone(config: EncoderConfig, weights: EncoderWeights): BuiltBackbone {
+  validateEncoder(config, weights);
+  return {
+    kind: 'built',
+    dims: { hiddenSize: config.hiddenSize, intermediateSize: config.intermediateSize },
+    layers: config.layers,
+    emit: (g, inputs, hooks) => {
+      const out = emitEncoder(g, config, weights, { ...inputs, hooks });
+      return { hidden: out.tokens, tokensShape: out.context.tokensShape };
+    },
+  };
 }
 
 /** The whole backbone graph: inputs, `emitEncoder`, output `last_hidden_state`. */
