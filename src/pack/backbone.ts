@@ -24,7 +24,6 @@ import {
   maxPositionLength,
   readSentenceTransformers,
   type SentenceTransformersInfo,
-  ST_MODULES_FILE,
 } from './hf-model.js';
 import { readJsonFile, TOKENIZER_CONFIG_FILE } from './hf-tokenizer.js';
 import type { Manifest } from './manifest.js';
@@ -179,9 +178,7 @@ export async function resolveBackbone(
       `hidden_size ${b.hidden_size} differs from ${sizes.hiddenSize} in ${join(folder, HF_CONFIG_FILE)}`,
     );
   }
-  const st = (await isFile(join(folder, ST_MODULES_FILE)))
-    ? (await readSentenceTransformers(folder))?.info
-    : undefined;
+  const st = (await readSentenceTransformers(folder))?.info;
   return {
     backbone: { kind: 'onnx-export', path, dir: folder },
     hiddenSize: hiddenSize!,
