@@ -47,7 +47,7 @@ FROM ${CUDA_IMAGE} AS cuda
 # Node 20 from the official image (its binary needs glibc >= 2.28; Ubuntu 22.04 has 2.35).
 COPY --from=build /usr/local/bin/node /usr/local/bin/node
 RUN useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin node \
-  && mkdir -p /app/models && chown node:node /app/models
+  && mkdir -p /app/models /app/adapters && chown node:node /app/models /app/adapters
 WORKDIR /app
 # One engine worker to start with (each worker holds its own copy of the sessions in GPU memory);
 # a starting point, not a measurement: bench/gpu-check.sh measures throughput by batch size.
@@ -62,7 +62,7 @@ COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY bench/gpu-check.sh ./bench/gpu-check.sh
 USER node
-VOLUME ["/app/models"]
+VOLUME ["/app/models", "/app/adapters"]
 EXPOSE 8080
 # The first start builds the demo pack (a minute or two), hence the long start period.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
@@ -71,7 +71,7 @@ CMD ["node", "dist/src/main.js"]
 
 # --- cpu (default) ------------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS cpu
-RUN mkdir -p /app/models && chown node:node /app/models
+RUN mkdir -p /app/models /app/adapters && chown node:node /app/models /app/adapters
 WORKDIR /app
 ENV NODE_ENV=production \
     HOST=0.0.0.0 \
@@ -81,7 +81,7 @@ COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY bench/gpu-check.sh ./bench/gpu-check.sh
 USER node
-VOLUME ["/app/models"]
+VOLUME ["/app/models", "/app/adapters"]
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
   CMD ["node", "dist/src/tools/healthcheck.js"]

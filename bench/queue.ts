@@ -1,19 +1,25 @@
 /**
- * Queue mode against embedded mode on this machine, in one run: throughput and p50/p99 latency at
- * concurrency 1 and 64, and the ratios the scale-out issue targets:
- *   - added p50 latency of queue mode at concurrency 1 <= 5 ms;
- *   - queue-mode throughput at concurrency 64 >= 0.7 x embedded, with one worker.
+ * Queue mode against embedded mode on this machine, in one run, and queue mode's scaling with
+ * workers. The targets of the queue-mode issue:
+ *   - added p50 latency of queue mode at concurrency 1 <= 2 ms;
+ *   - queue-mode throughput at concurrency 64 >= 0.9 x embedded, with one worker;
+ *   - mean worker batch at concurrency 64 >= 16 items (from the workers' own metrics);
+ *   - reported: two workers with 1 intra-op thread each against one worker with 1 thread.
  *
  *   npm run bench:queue [-- --rounds 3 --requests 600 --pack models/demo --redis-url redis://...]
  *
- * - Processes: an embedded API node; a queue-mode API node plus ONE worker process; Redis at
- *   --redis-url (default REDIS_URL or 127.0.0.1:6379) under a key prefix of this run, removed at
- *   the end. All on 127.0.0.1, with the same engine settings (--workers, --threads; defaults:
- *   the server's own), so the two modes run the same engine on the same cores. Idle processes
- *   take no CPU (their Redis reads block), so both stay up and rounds interleave the modes; the
- *   order alternates per round, results are medians over rounds.
+ * - Processes, all on 127.0.0.1: an embedded API node; a queue-mode API node plus ONE worker
+ *   with the same engine settings (--workers, --threads; defaults: the server's own), so the two
+ *   modes run the same engine on the same cores; and for scaling, two more queues, each with its
+ *   own API node: "one" with one worker of 1 engine thread x 1 intra-op thread, "two" with two
+ *   such workers. Redis at --redis-url (default REDIS_URL or 127.0.0.1:6379) under a key prefix
+ *   of this run, removed at the end. Idle processes take no CPU (their Redis reads block), so all
+ *   stay up and rounds interleave the setups; the order alternates per round; results are
+ *   medians over rounds.
  * - Client: `concurrency` loops on a keep-alive node:http agent, one input per request, a fixed
  *   count per level after a warm-up. The client shares the cores; its CPU time is reported.
+ * - Worker batch size and jobs per fetch come from the workers' /metrics, as differences across
+ *   each concurrency-64 phase; API CPU per request from the API nodes' process CPU counter.
  * - The pack: --pack, else models/demo when built, else a fixture pack of the demo's size
  *   (d 256, 4 layers, 4 heads, 128 tokens) with random weights, in a temp folder.
  *
@@ -63,7 +69,7 @@ const PHASE_LIMIT_MS = 60_000;
 const REQUEST_TIMEOUT_MS = 30_000;
 const DEMO_DIR = 'models/demo';
 const FIXTURE = { hiddenSize: 256, layers: 4, heads: 4, maxLength: 128 };
-const TARGETS = { addedP50MsAtC1: 5, throughputRatioAtC64: 0.7 };
+const TARGETS = { addedP50MsAtC1: 2, throughputRatioAtC64: 0.9, workerBatchAtC64: 16 };
 
 /** Realistic single inputs, 9-14 words, several languages. */
 const BODIES = SENTENCES.map((text) => JSON.stringify({ inputs: [text] }));
@@ -170,6 +176,53 @@ function dropKeys(prefix: string): Promise<void> {
   });
 }
 
+/** Sums of counters in the /metrics text of `urls`, read together. */
+async function scrape(urls: readonly string[]): Promise<Record<string, number>> {
+  const texts = await Promise.all(urls.map((url) => fetch(`${url}/metrics`).then((r) => r.text())));
+  const sum = (name: string) => texts.reduce((total, text) => total + metricSum(text, name), 0);
+  return {
+    batches: sum('moe_batch_size_items_count'),
+    items: sum('moe_batch_size_items_sum'),
+    fetches: sum('moe_queue_fetch_jobs_count'),
+    fetched: sum('moe_queue_fetch_jobs_sum'),
+    cpuSeconds: sum('process_cpu_seconds_total'),
+  };
+}
+
+function delta(after: Record<string, number>, before: Record<string, number>) {
+  return Object.fromEntries(Object.entries(after).map(([k, v]) => [k, v - (before[k] ?? 0)]));
+}
+
+/** One setup under test: where its requests go, and whose metrics to read around a phase. */
+interface Setup {
+  readonly api: string;
+  readonly workers: readonly string[];
+  readonly levels: readonly number[];
+}
+
+interface Measured extends Phase {
+  readonly workerBatch: number;
+  readonly jobsPerFetch: number;
+  readonly apiCpuMsPerRequest: number;
+}
+
+async function measure(setup: Setup, level: number, count: number): Promise<Measured> {
+  const [apiBefore, workersBefore] = await Promise.all([
+    scrape([setup.api]),
+    scrape(setup.workers),
+  ]);
+  const phase = await load(setup.api, level, count);
+  const [apiAfter, workersAfter] = await Promise.all([scrape([setup.api]), scrape(setup.workers)]);
+  const api = delta(apiAfter, apiBefore);
+  const work = delta(workersAfter, workersBefore);
+  return {
+    ...phase,
+    workerBatch: work.items! / Math.max(1, work.batches!),
+    jobsPerFetch: work.fetched! / Math.max(1, work.fetches!),
+    apiCpuMsPerRequest: (api.cpuSeconds! * 1000) / Math.max(1, phase.ok + phase.failed),
+  };
+}
+
 async function main(): Promise<void> {
   const started = performance.now();
   const temp = await mkdtemp(join(tmpdir(), 'moe-bench-queue-'));
@@ -194,55 +247,92 @@ async function main(): Promise<void> {
       QUEUE_PREFIX: prefix,
       JOB_RESULT_TTL_SECONDS: '60',
     };
-    log(`starting: embedded API, queue API + 1 worker (${WORKERS} engine x ${THREADS} threads)`);
-    const [embedded, queueApi, worker] = await Promise.all([
+    const single = { ...base, QUEUE: 'redis', ENGINE_WORKERS: '1', ENGINE_THREADS: '1' };
+    log(
+      `starting: embedded API; queue API + 1 worker (${WORKERS} engine x ${THREADS} threads); queues "one" (1 worker) and "two" (2 workers) of 1 engine x 1 thread`,
+    );
+    const started1 = await Promise.all([
       startApi({ ...base, QUEUE: 'embedded' }),
       startApi({ ...base, QUEUE: 'redis' }),
       startWorker({ ...base, QUEUE: 'redis' }),
     ]);
-    procs.push(embedded, queueApi, worker);
-    const modes = { embedded: embedded.url, queue: queueApi.url } as const;
-    for (const url of Object.values(modes)) await load(url, 16, 200); // warm-up
+    procs.push(...started1);
+    const started2 = await Promise.all([
+      startApi({ ...single, QUEUE_NAME: 'one' }),
+      startWorker({ ...single, QUEUE_NAME: 'one' }),
+      startApi({ ...single, QUEUE_NAME: 'two' }),
+      startWorker({ ...single, QUEUE_NAME: 'two' }),
+      startWorker({ ...single, QUEUE_NAME: 'two' }),
+    ]);
+    procs.push(...started2);
+    const [embedded, queueApi, worker] = started1;
+    const [oneApi, oneWorker, twoApi, twoWorkerA, twoWorkerB] = started2;
+    const setups: Record<string, Setup> = {
+      embedded: { api: embedded!.url, workers: [], levels: LEVELS },
+      queue: { api: queueApi!.url, workers: [worker!.url], levels: LEVELS },
+      one: { api: oneApi!.url, workers: [oneWorker!.url], levels: [64] },
+      two: { api: twoApi!.url, workers: [twoWorkerA!.url, twoWorkerB!.url], levels: [64] },
+    };
+    for (const setup of Object.values(setups)) await load(setup.api, 16, 200); // warm-up
 
-    const phases: Record<string, Phase[]> = {};
+    const phases: Record<string, Measured[]> = {};
+    const names = Object.keys(setups);
     for (let round = 0; round < ROUNDS; round++) {
-      const order =
-        round % 2 === 0 ? (['embedded', 'queue'] as const) : (['queue', 'embedded'] as const);
+      const order = round % 2 === 0 ? names : [...names].reverse();
       for (const level of LEVELS) {
-        for (const mode of order) {
+        for (const name of order) {
+          const setup = setups[name]!;
+          if (!setup.levels.includes(level)) continue;
           if ((performance.now() - started) / 1000 > MAX_SECONDS) break;
           const count = level === 1 ? SERIAL_REQUESTS : REQUESTS;
-          const phase = await load(modes[mode], level, count);
-          const key = `${mode}@${level}`;
+          const phase = await measure(setup, level, count);
+          const key = `${name}@${level}`;
           phases[key] = [...(phases[key] ?? []), phase];
           log(
-            `round ${round + 1} ${mode} c=${level}: ${(phase.ok / phase.seconds).toFixed(1)} req/s, p50 ${percentile(phase.latenciesMs, 50).toFixed(2)} ms`,
+            `round ${round + 1} ${name} c=${level}: ${(phase.ok / phase.seconds).toFixed(1)} req/s, p50 ${percentile(phase.latenciesMs, 50).toFixed(2)} ms${setup.workers.length > 0 ? `, worker batch ${phase.workerBatch.toFixed(1)}, jobs/fetch ${phase.jobsPerFetch.toFixed(1)}` : ''}`,
           );
         }
       }
     }
-    const workerMetrics = await fetch(`${worker.url}/metrics`).then((r) => r.text());
-    const batches = metricSum(workerMetrics, 'moe_batch_size_items_count');
-    const items = metricSum(workerMetrics, 'moe_batch_size_items_sum');
 
-    const result: Record<string, Record<string, ReturnType<typeof summary>>> = {};
-    for (const mode of ['embedded', 'queue'] as const) {
-      result[mode] = Object.fromEntries(
-        LEVELS.map((level) => [`c${level}`, summary(phases[`${mode}@${level}`] ?? [])]),
-      );
-    }
-    const perRound = (level: number, f: (e: Phase, q: Phase) => number) =>
-      median(
-        (phases[`embedded@${level}`] ?? []).flatMap((e, i) => {
-          const q = phases[`queue@${level}`]?.[i];
-          return q === undefined ? [] : [f(e, q)];
+    const report = (name: string) =>
+      Object.fromEntries(
+        setups[name]!.levels.map((level) => {
+          const measured = phases[`${name}@${level}`] ?? [];
+          const extra =
+            setups[name]!.workers.length > 0
+              ? {
+                  worker_mean_batch_items: round2(median(measured.map((p) => p.workerBatch))),
+                  jobs_per_fetch: round2(median(measured.map((p) => p.jobsPerFetch))),
+                }
+              : {};
+          return [
+            `c${level}`,
+            {
+              ...summary(measured),
+              api_cpu_ms_per_request: round2(median(measured.map((p) => p.apiCpuMsPerRequest))),
+              ...extra,
+            },
+          ];
         }),
       );
+    /** Median over rounds of f(a's phase, b's phase) for the phases of one round. */
+    const perRound = (a: string, b: string, f: (x: Measured, y: Measured) => number) =>
+      median(
+        (phases[a] ?? []).flatMap((x, i) => {
+          const y = phases[b]?.[i];
+          return y === undefined ? [] : [f(x, y)];
+        }),
+      );
+    const rps = (p: Phase) => p.ok / p.seconds;
     const addedP50 = perRound(
-      1,
+      'embedded@1',
+      'queue@1',
       (e, q) => percentile(q.latenciesMs, 50) - percentile(e.latenciesMs, 50),
     );
-    const ratio = perRound(64, (e, q) => q.ok / q.seconds / (e.ok / e.seconds));
+    const ratio = perRound('embedded@64', 'queue@64', (e, q) => rps(q) / rps(e));
+    const scaling = perRound('one@64', 'two@64', (one, two) => rps(two) / rps(one));
+    const batch = median((phases['queue@64'] ?? []).map((p) => p.workerBatch));
     process.stdout.write(
       `${JSON.stringify(
         {
@@ -256,19 +346,27 @@ async function main(): Promise<void> {
           engine: { workers: WORKERS, threads: THREADS },
           rounds: ROUNDS,
           requests: { c1: SERIAL_REQUESTS, c64: REQUESTS },
-          embedded: result.embedded,
-          queue: { ...result.queue, worker_mean_batch_items: round2(items / Math.max(1, batches)) },
+          embedded: report('embedded'),
+          queue: report('queue'),
+          scaling: {
+            one_worker_1x1: report('one'),
+            two_workers_1x1: report('two'),
+          },
           ratios: {
             added_p50_ms_c1: round2(addedP50),
             throughput_queue_over_embedded_c64: round2(ratio),
+            worker_mean_batch_items_c64: round2(batch),
+            throughput_two_workers_over_one_c64: round2(scaling),
           },
           targets: {
             added_p50_ms_c1: `<= ${TARGETS.addedP50MsAtC1}`,
             throughput_queue_over_embedded_c64: `>= ${TARGETS.throughputRatioAtC64}`,
+            worker_mean_batch_items_c64: `>= ${TARGETS.workerBatchAtC64}`,
           },
           met: {
             added_p50_ms_c1: addedP50 <= TARGETS.addedP50MsAtC1,
             throughput_queue_over_embedded_c64: ratio >= TARGETS.throughputRatioAtC64,
+            worker_mean_batch_items_c64: batch >= TARGETS.workerBatchAtC64,
           },
           seconds: round2((performance.now() - started) / 1000),
         },

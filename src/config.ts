@@ -158,7 +158,12 @@ export const VARIABLES = {
   ADAPTER_ROOT: {
     default: 'models',
     parse: text,
-    doc: 'Folder that adapter folders loaded through the API must be inside (relative paths are resolved against it).',
+    doc: 'Folder that adapter folders loaded through the API must be inside (relative paths are resolved against it). Queue mode: the same shared volume on every API node and worker (the registry stores folders relative to it).',
+  },
+  ADAPTER_SYNC_TIMEOUT_MS: {
+    default: 30_000,
+    parse: int(100, 600_000),
+    doc: 'Queue mode: longest wait of an adapter load/unload for another one in progress, and for every live worker to apply it (a worker that fails it rolls it back). Workers still silent after it catch up later. Longer: the admin answer waits out slow workers; shorter: it returns sooner.',
   },
   QUEUE: {
     default: 'embedded',
@@ -208,12 +213,12 @@ export const VARIABLES = {
   JOB_RESULT_TTL_SECONDS: {
     default: 3600,
     parse: int(1, 30 * 86_400),
-    doc: 'How long finished jobs (results and errors) stay readable at GET /v1/jobs/{id}; costs Redis memory per job.',
+    doc: 'How long finished durable jobs (results and errors) stay readable at GET /v1/jobs/{id}; costs Redis memory per job. Synchronous requests keep nothing once answered.',
   },
   WORKER_CONCURRENCY: {
-    default: 32,
+    default: 64,
     parse: int(1, 10_000),
-    doc: "Jobs one worker process holds at once; their inputs share the worker's engine batches. More: bigger batches at low load; fewer: jobs wait in Redis, where finishing one job fetches the next in the same call (less Redis work per job), and idle workers find work that a busy one would otherwise hoard.",
+    doc: "Jobs one worker process holds at most; their inputs share the worker's engine batches. A worker takes jobs in bulk while less than one full batch (MAX_BATCH_ITEMS) waits in it, so it holds about one running and one waiting batch. Default 64 (two batches of 32). Fewer: the engine may wait for the next jobs; more: a worker may keep jobs an idle one could run.",
   },
   WORKER_METRICS_PORT: {
     default: undefined,

@@ -74,6 +74,10 @@ export const ERROR_CATALOGUE = {
   QUEUE_MODE_REQUIRED: { status: 501, summary: 'The route needs queue mode (QUEUE=redis).' },
   QUEUE_MODE_UNSUPPORTED: { status: 501, summary: 'The route is not available in queue mode.' },
   JOB_NOT_FOUND: { status: 404, summary: 'No job with this id (or its result has expired).' },
+  ADAPTERS_SYNCING: {
+    status: 503,
+    summary: 'The worker has not applied the adapter change the request was checked against yet.',
+  },
   // Routes and access
   ROUTE_NOT_FOUND: { status: 404, summary: 'No route matches the method and path.' },
   MODEL_NOT_FOUND: {

@@ -124,8 +124,11 @@ async function openQueueMode(config: Config, packDir: string, metrics: Metrics):
     addTimeoutMs: config.QUEUE_ADD_TIMEOUT_MS,
     maxQueuedItems: config.MAX_QUEUED_ITEMS,
     jobTimeoutMs: config.JOB_TIMEOUT_MS,
+    adapterRoot: config.ADAPTER_ROOT,
+    syncTimeoutMs: config.ADAPTER_SYNC_TIMEOUT_MS,
     log: jsonLogger(config.LOG_LEVEL),
   });
+  await inference.start(); // the adapter registry as Redis has it (when Redis is reachable)
   return { model, inference, jobs: inference };
 }
 

@@ -219,6 +219,32 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly jobsFetched = new client.Histogram({
+    name: 'moe_queue_fetch_jobs',
+    help: 'Worker role: jobs taken from Redis per round trip (a worker takes jobs in bulk).',
+    buckets: [0, 1, 2, 4, 8, 16, 32, 64, 128],
+    registers: [this.registry],
+  });
+
+  readonly replies = new client.Counter({
+    name: 'moe_queue_replies_total',
+    help: "API role: replies read from this node's reply stream, by outcome (answered: settled a waiting request; late: its request was answered already, e.g. a job that ran twice, or timed out).",
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly registryVersion = new client.Gauge({
+    name: 'moe_adapter_registry_version',
+    help: 'Queue mode: the adapter registry version this process has applied in full.',
+    registers: [this.registry],
+  });
+
+  readonly registrySynced = new client.Gauge({
+    name: 'moe_adapter_registry_synced',
+    help: 'Queue mode: 1 while this process serves the registry state in Redis, 0 while it cannot apply it.',
+    registers: [this.registry],
+  });
+
   private readonly collectors: (() => void | Promise<void>)[] = [];
 
   constructor() {

@@ -49,9 +49,13 @@ async function main(): Promise<void> {
   const worker = new QueueWorker(model, service, metrics, {
     settings: queueSettings(config),
     concurrency: config.WORKER_CONCURRENCY,
+    batchItems: config.MAX_BATCH_ITEMS,
     lockMs: config.JOB_LOCK_MS,
+    adapterRoot: config.ADAPTER_ROOT,
+    syncTimeoutMs: config.ADAPTER_SYNC_TIMEOUT_MS,
     log,
   });
+  await worker.start(); // applies the adapter registry as Redis has it, then takes jobs
   const server =
     config.WORKER_METRICS_PORT === undefined
       ? undefined

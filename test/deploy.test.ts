@@ -187,6 +187,19 @@ describe('docker-compose.yml', () => {
     }
   });
 
+  it('API nodes and workers read run-time adapter folders from one shared volume at ADAPTER_ROOT', () => {
+    const root = compose['x-moe-env'].ADAPTER_ROOT as string;
+    assert.ok(root.startsWith('/'), 'an absolute path, the same in every container');
+    const mounts = MOE_SERVICES.map((name) => {
+      const env = compose.services[name].environment as Record<string, string>;
+      assert.equal(env.ADAPTER_ROOT, root, `${name}: ADAPTER_ROOT`);
+      const mount = volumes(compose.services[name]).find((v) => v.target === root);
+      assert.ok(mount !== undefined && !mount.bind, `${name} mounts a named volume at ${root}`);
+      return mount.source;
+    });
+    assert.equal(new Set(mounts).size, 1, 'the same volume');
+  });
+
   it('the GPU override runs cuda workers with the GPUs reserved', () => {
     const worker = gpu.services.worker;
     assert.equal(worker.build.target, 'cuda');
@@ -215,13 +228,13 @@ describe('Dockerfile', () => {
     assert.ok(stage(stages, 'build').lines.includes('RUN npm run build'));
   });
 
-  it('runs as a non-root user, with a health check, the models volume and main.js', async () => {
+  it('runs as a non-root user, with a health check, the models and adapters volumes and main.js', async () => {
     const { stages } = dockerStages(await text('Dockerfile'));
     for (const name of ['cpu', 'cuda']) {
       const lines = stage(stages, name).lines;
       const user = lines.filter((l) => l.startsWith('USER ')).at(-1);
       assert.ok(user !== undefined && user !== 'USER root' && user !== 'USER 0', name);
-      assert.ok(lines.includes('VOLUME ["/app/models"]'), name);
+      assert.ok(lines.includes('VOLUME ["/app/models", "/app/adapters"]'), name);
       assert.ok(lines.includes('WORKDIR /app'), name);
       assert.ok(
         lines.some(

@@ -3,12 +3,17 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MoeError } from '../src/errors.js';
 import {
+  CONTRACT_VERSION,
   decodeEmbedding,
   decodeFailure,
   encodeEmbedding,
   encodeFailure,
   isRetryable,
+  JOB_NAMES,
   jobOptions,
+  parseReply,
+  queueKeys,
+  replyFields,
 } from '../src/transport/contract.js';
 
 describe('queue contract', () => {
@@ -37,6 +42,8 @@ describe('queue contract', () => {
   it('engine errors are retried; request errors and deadlines are not', () => {
     assert.ok(isRetryable(new MoeError('ENGINE_WORKER_CRASHED', 'x')));
     assert.ok(isRetryable(new MoeError('ENGINE_FAILED', 'x')));
+    // A worker behind on the adapter registry: another attempt (maybe elsewhere) may succeed.
+    assert.ok(isRetryable(new MoeError('ADAPTERS_SYNCING', 'x')));
     assert.ok(!isRetryable(new MoeError('REQUEST_TIMEOUT', 'x')));
     assert.ok(!isRetryable(new MoeError('ROUTING_INVALID_K', 'x')));
     assert.ok(!isRetryable(new MoeError('INPUT_EMPTY', 'x')));
@@ -53,22 +60,50 @@ describe('queue contract', () => {
     assert.deepEqual(decodeEmbedding(encodeEmbedding(view)), new Float32Array([1, 2]));
   });
 
-  it('job options: attempts, exponential backoff, results kept for the TTL', () => {
-    const options = jobOptions(
-      {
-        redisUrl: 'redis://127.0.0.1:6379',
-        name: 'q',
-        prefix: 'p',
-        attempts: 4,
-        backoffMs: 50,
-        resultTtlSeconds: 120,
-      },
-      'job-1',
-    );
-    assert.equal(options.jobId, 'job-1');
-    assert.equal(options.attempts, 4);
-    assert.deepEqual(options.backoff, { type: 'exponential', delay: 50 });
-    assert.deepEqual(options.removeOnComplete, { age: 120 });
-    assert.deepEqual(options.removeOnFail, { age: 120 });
+  it('job options: attempts, exponential backoff; only durable jobs keep their result', () => {
+    const settings = {
+      redisUrl: 'redis://127.0.0.1:6379',
+      name: 'q',
+      prefix: 'p',
+      attempts: 4,
+      backoffMs: 50,
+      resultTtlSeconds: 120,
+    };
+    const sync = jobOptions(settings, 'job-1', JOB_NAMES.request);
+    assert.equal(sync.jobId, 'job-1');
+    assert.equal(sync.attempts, 4);
+    assert.deepEqual(sync.backoff, { type: 'exponential', delay: 50 });
+    // Answered through the reply stream: nothing stays in Redis.
+    assert.equal(sync.removeOnComplete, true);
+    assert.equal(sync.removeOnFail, true);
+    const durable = jobOptions(settings, 'job-2', JOB_NAMES.durable);
+    assert.deepEqual(durable.removeOnComplete, { age: 120 });
+    assert.deepEqual(durable.removeOnFail, { age: 120 });
+  });
+
+  it('replies travel as flat stream fields and come back the same', () => {
+    const result = {
+      v: CONTRACT_VERSION,
+      results: [{ routing: {}, outputs: {}, embedding: encodeEmbedding(new Float32Array([1])) }],
+      timings: { queueMs: 1, forwardMs: 2, waitMs: 4 },
+    } as const;
+    assert.deepEqual(parseReply(replyFields({ job: 'a', result })), { job: 'a', result });
+    const failure = encodeFailure(new MoeError('REQUEST_TIMEOUT', 'late'));
+    assert.deepEqual(parseReply(replyFields({ job: 'b', failure })), { job: 'b', failure });
+    assert.equal(parseReply(['x', 'y']), undefined);
+    // A result that does not parse still answers its request, with INTERNAL.
+    const broken = parseReply(['j', 'c', 'r', '{']);
+    assert.ok(broken !== undefined && 'failure' in broken);
+    assert.equal(decodeFailure(broken.failure).code, 'INTERNAL');
+  });
+
+  it('the Redis keys of one queue live under its prefix and name', () => {
+    const keys = queueKeys({ prefix: 'p', name: 'q' });
+    assert.equal(keys.replies('host:1:ab'), 'p:q:replies:host:1:ab');
+    assert.equal(keys.registry, 'p:q:registry');
+    assert.equal(keys.registryWorker('w'), 'p:q:registry:worker:w');
+    for (const key of [keys.registryChanged, keys.registryLock, keys.registryWorkers]) {
+      assert.ok(key.startsWith('p:q:registry'));
+    }
   });
 });

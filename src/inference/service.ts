@@ -103,6 +103,7 @@ export class EmbeddedInference implements Inference {
   private readonly batcher: Batcher;
   private draining = false;
   private closing: Promise<void> | undefined;
+  private lastBatch = 0;
 
   constructor(
     private readonly model: Model,
@@ -140,6 +141,16 @@ export class EmbeddedInference implements Inference {
         );
       }
     });
+  }
+
+  /** Items waiting for an engine batch (not running yet). */
+  get queuedItems(): number {
+    return this.batcher.queued;
+  }
+
+  /** Engine milliseconds (backbone + mixture) of the last batch that ran; 0 before the first. */
+  get lastBatchMs(): number {
+    return this.lastBatch;
   }
 
   async infer(request: InferRequest, options: InferOptions): Promise<InferAnswer> {
@@ -241,6 +252,7 @@ export class EmbeddedInference implements Inference {
 
   private recordBatch(stats: BatchStats): void {
     if (stats.paddedTokens === 0) return; // every item failed routing: nothing ran
+    this.lastBatch = stats.forwardMs;
     const m = this.metrics;
     m.batchSize.observe(stats.items);
     m.batchTokens.observe(stats.paddedTokens);

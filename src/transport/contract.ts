@@ -1,18 +1,40 @@
 /**
- * The queue contract between API nodes and inference workers: what a job carries, what a worker
- * returns, how a failure travels, and the job options. Both roles import this file and nothing
- * else of each other; everything here is JSON (BullMQ stores job data and results as JSON).
+ * The queue contract between API nodes and inference workers: what a job carries, how its answer
+ * travels back, how a failure travels, the job options and the Redis keys besides BullMQ's. Both
+ * roles import this file and nothing else of each other; everything here is JSON.
  *
  * One job per request, not per input. Per request keeps an answer atomic (one job, one result,
  * one failure code; a retry re-runs the whole request, never half of it) and costs one Redis
- * round trip per request instead of one per input. Batching does not suffer: a worker takes up to
- * WORKER_CONCURRENCY jobs at once and submits all their inputs to one `Batcher`, which mixes
- * inputs of any jobs in its engine batches (as it mixes requests in embedded mode). The price: a
- * many-input request runs on one worker; requests are bounded by MAX_INPUTS.
+ * round trip per request instead of one per input. Batching does not suffer: a worker takes jobs
+ * in bulk and submits all their inputs to one `Batcher`, which mixes inputs of any jobs in its
+ * engine batches (as it mixes requests in embedded mode). The price: a many-input request runs on
+ * one worker; requests are bounded by MAX_INPUTS.
  *
- * Exactly one answer per accepted request: the API resolves a pending request once (first
- * `completed` or `failed` event, or its deadline) and ignores later events of the same job, e.g.
- * the second completion of a job that stalled and ran twice.
+ * Answers travel back to the API node that waits for them, and only to it: a synchronous job
+ * (`/v1/infer`, OpenAI, KServe) names its node in `replyTo`, and the worker appends the result (or
+ * the final failure) to that node's reply stream before it completes the job in BullMQ. BullMQ
+ * then deletes the job (removeOnComplete/removeOnFail: true): once answered, a synchronous request
+ * leaves nothing in Redis. Durable jobs (`/v1/jobs`, `replyTo` null) keep their result in the job
+ * for JOB_RESULT_TTL_SECONDS instead, where any API node reads it.
+ *
+ * Exactly one answer per accepted request: the API settles a waiting request once (first reply, or
+ * its deadline, or its client leaving) and ignores later replies of the same job, e.g. the second
+ * reply of a job that stalled and ran twice.
+ *
+ * Redis keys of one queue, besides BullMQ's own (`P:Q:wait`, `P:Q:active`, `P:Q:<job id>`, ...),
+ * with P = QUEUE_PREFIX and Q = QUEUE_NAME (`queueKeys`):
+ *   P:Q:replies:<node>          stream, one per API node: entries `j` (job id) and `r` (JobResult
+ *                               JSON) or `f` (encoded failure). The node deletes what it has read;
+ *                               the stream expires REPLY_TTL_MS after its last write (a node that
+ *                               died leaves nothing for longer).
+ *   P:Q:registry                hash: `version`, `adapters` (JSON RegistryEntry[]): the served
+ *                               adapter set, see registry-sync.ts. Absent: version 0, the pack's.
+ *   P:Q:registry:changed        pub/sub channel: a new registry version was committed.
+ *   P:Q:registry:lock           string: the adapter change in progress (one at a time, cluster-wide).
+ *   P:Q:registry:workers        set: worker names; P:Q:registry:worker:<name> string: that worker's
+ *                               registry status (JSON), expiring when the worker stops renewing it.
+ * Deadlines travel as remaining time (`budgetMs`) plus the moment of queueing on Redis's own clock
+ * (`queuedAt`, see RedisClock): no host compares its clock with another host's.
  */
 
 import type { Config } from '../config.js';
@@ -21,8 +43,8 @@ import type { ItemRouting } from '../engine/routing.js';
 import { type ErrorCode, MoeError } from '../errors.js';
 import type { ReturnField } from '../inference/service.js';
 
-/** Bumped when JobData or JobResult change incompatibly; workers refuse other versions. */
-export const CONTRACT_VERSION = 1;
+/** Bumped when JobData, JobResult or the reply format change incompatibly; workers refuse other versions. */
+export const CONTRACT_VERSION = 2;
 
 /** BullMQ job names: a synchronous request (an API node awaits it) or a durable job. */
 export const JOB_NAMES = { request: 'infer', durable: 'job' } as const;
@@ -39,8 +61,21 @@ export interface JobData {
   readonly tasks: readonly string[] | null;
   /** Token ids per input (specials included, at most the pack's max_length). */
   readonly items: readonly { readonly ids: readonly number[]; readonly truncated: boolean }[];
-  /** Epoch milliseconds: a worker that takes the job later fails it with REQUEST_TIMEOUT unrun. */
-  readonly deadline: number;
+  /** Milliseconds the request had left when it was queued. */
+  readonly budgetMs: number;
+  /**
+   * When it was queued, in milliseconds on Redis's clock (RedisClock). A worker's remaining time
+   * is `budgetMs - (its RedisClock now - queuedAt)`; at or below 0 it fails the job with
+   * REQUEST_TIMEOUT unrun.
+   */
+  readonly queuedAt: number;
+  /**
+   * The adapter registry version the API node validated the routing against. A worker serves the
+   * job only once it has applied this version or a later one (registry-sync.ts).
+   */
+  readonly registryVersion: number;
+  /** The API node waiting for the answer (its reply stream), or null: a durable job. */
+  readonly replyTo: string | null;
   /** Extra fields the client asked for; kept for GET /v1/jobs/{id}, unused by workers. */
   readonly returnFields: readonly ReturnField[];
 }
@@ -50,14 +85,14 @@ export interface JobItemResult {
   readonly routing: Readonly<Record<string, readonly RoutedAdapter[]>>;
   readonly outputs: Readonly<Record<string, TaskOutput>>;
   /**
-   * [d] float32, little-endian, base64 (`encodeEmbedding`). Not a JSON number array: the result
-   * is stored in the job and copied into the events stream, and base64 is ~4x smaller, exact,
-   * and much cheaper to write and read than 2 x d numbers formatted and parsed as text.
+   * [d] float32, little-endian, base64 (`encodeEmbedding`). Not a JSON number array: base64 is
+   * ~4x smaller, exact, and much cheaper to write and read than 2 x d numbers formatted and
+   * parsed as text.
    */
   readonly embedding: string;
 }
 
-/** What a worker returns for a job (BullMQ's `returnvalue`). */
+/** What a worker answers for a job: a reply entry (synchronous) or BullMQ's `returnvalue` (durable). */
 export interface JobResult {
   readonly v: typeof CONTRACT_VERSION;
   readonly results: readonly JobItemResult[];
@@ -68,6 +103,42 @@ export interface JobResult {
     /** From the job being queued in Redis to a worker taking it. */
     readonly waitMs: number;
   };
+}
+
+/** A reply on an API node's stream: a job's result, or its final failure (`encodeFailure`). */
+export type Reply =
+  | { readonly job: string; readonly result: JobResult }
+  | { readonly job: string; readonly failure: string };
+
+/** Stream entry fields of a reply, flat as XADD takes them. */
+export function replyFields(reply: Reply): string[] {
+  return 'result' in reply
+    ? ['j', reply.job, 'r', JSON.stringify(reply.result)]
+    : ['j', reply.job, 'f', reply.failure];
+}
+
+/** The reply in a stream entry's fields, or undefined when they are not one. */
+export function parseReply(fields: readonly string[]): Reply | undefined {
+  let job: string | undefined;
+  let result: string | undefined;
+  let failure: string | undefined;
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const value = fields[i + 1]!;
+    if (fields[i] === 'j') job = value;
+    else if (fields[i] === 'r') result = value;
+    else if (fields[i] === 'f') failure = value;
+  }
+  if (job === undefined) return undefined;
+  if (failure !== undefined) return { job, failure };
+  if (result === undefined) return undefined;
+  try {
+    return { job, result: JSON.parse(result) as JobResult };
+  } catch {
+    return {
+      job,
+      failure: 'moe-error:{"code":"INTERNAL","message":"A worker sent an unreadable result."}',
+    };
+  }
 }
 
 export function encodeEmbedding(embedding: Float32Array): string {
@@ -125,9 +196,13 @@ export function decodeFailure(reason: string | undefined): MoeError {
   });
 }
 
-/** Errors of the engine or its process: worth running the job again, maybe on another worker. */
+/**
+ * Errors of the engine or its process, or a worker behind on the adapter registry: worth running
+ * the job again, maybe on another worker.
+ */
 export function isRetryable(error: MoeError): boolean {
   return (
+    error.code === 'ADAPTERS_SYNCING' ||
     error.code === 'ENGINE_WORKER_CRASHED' ||
     error.code === 'ENGINE_FAILED' ||
     error.code === 'ENGINE_CLOSED' ||
@@ -146,7 +221,7 @@ export interface QueueSettings {
   readonly attempts: number;
   /** First retry delay; doubles per retry. */
   readonly backoffMs: number;
-  /** Finished jobs stay this long (seconds), for GET /v1/jobs/{id} and late readers. */
+  /** Finished durable jobs stay this long (seconds), for GET /v1/jobs/{id}. */
   readonly resultTtlSeconds: number;
 }
 
@@ -161,13 +236,43 @@ export function queueSettings(config: Config): QueueSettings {
   };
 }
 
-/** Options of every job the API adds. */
-export function jobOptions(settings: QueueSettings, jobId: string) {
+/**
+ * Options of every job the API adds. A synchronous job is deleted as soon as it finishes (its
+ * answer went to the waiting node's reply stream); a durable one keeps its result or error for
+ * the TTL.
+ */
+export function jobOptions(settings: QueueSettings, jobId: string, name: JobName) {
+  const keep = name === JOB_NAMES.durable ? { age: settings.resultTtlSeconds } : true;
   return {
     jobId,
     attempts: settings.attempts,
     backoff: { type: 'exponential', delay: settings.backoffMs },
-    removeOnComplete: { age: settings.resultTtlSeconds },
-    removeOnFail: { age: settings.resultTtlSeconds },
+    removeOnComplete: keep,
+    removeOnFail: keep,
   } as const;
 }
+
+/**
+ * BullMQ's event stream (`P:Q:events`) is capped at this many entries (its default is 10,000).
+ * Nothing here reads it (answers travel on reply streams); it stays for diagnostics, bounded.
+ */
+export const EVENTS_MAX_LEN = 1000;
+
+/** A reply stream expires this long after its last write (the node that reads it is gone). */
+export const REPLY_TTL_MS = 60_000;
+/** Most entries in one reply stream; a node that stops reading loses the oldest beyond it. */
+export const REPLY_MAX_LEN = 10_000;
+
+/** The keys and channel of one queue besides BullMQ's own (see the header). */
+export function queueKeys(settings: Pick<QueueSettings, 'prefix' | 'name'>) {
+  const base = `${settings.prefix}:${settings.name}`;
+  return {
+    replies: (node: string) => `${base}:replies:${node}`,
+    registry: `${base}:registry`,
+    registryChanged: `${base}:registry:changed`,
+    registryLock: `${base}:registry:lock`,
+    registryWorkers: `${base}:registry:workers`,
+    registryWorker: (worker: string) => `${base}:registry:worker:${worker}`,
+  };
+}
+export type QueueKeys = ReturnType<typeof queueKeys>;

@@ -1,28 +1,34 @@
 /**
  * The API role of queue mode: `QueueInference` implements `Inference` (and `JobQueue`) over a
- * BullMQ queue. It validates and tokenizes requests here (the pack and tokenizer, no engine),
- * puts one job per request on the queue, and answers from the workers' results.
+ * BullMQ queue. It validates and tokenizes requests here (the pack, tokenizer and adapter
+ * registry, no engine), puts one job per request on the queue, and answers from the workers'
+ * replies.
  *
  * Contracts
- * - Results come back through ONE shared QueueEvents listener and a map of pending requests; the
- *   entry is registered before `add`, so a result can never arrive before its waiter exists.
- * - A pending request is settled exactly once: by its job's first `completed` or `failed` event,
- *   by its deadline (REQUEST_TIMEOUT), by its client leaving, or by Redis going away. Anything
- *   that arrives later for the same job (a second completion after a stall) is ignored.
- * - Events can be missed (the events link was down, the stream was trimmed, Redis restarted
- *   without its data): a sweep asks Redis for the state of requests waiting longer than
- *   SWEEP_AFTER_MS, and settles those that finished or vanished.
+ * - Replies come back on this node's own stream (`P:Q:replies:<node>`, contract.ts), read by one
+ *   blocking XREAD loop into a map of pending requests: a node reads only its own answers, so its
+ *   work per request does not grow with the number of API nodes. The entry is registered before
+ *   `add`, so a reply can never arrive before its waiter exists; read entries are deleted.
+ * - A pending request is settled exactly once: by its job's first reply, by its deadline
+ *   (REQUEST_TIMEOUT), by its client leaving, or by Redis going away. Anything that arrives later
+ *   for the same job (a second reply after a stall) is ignored. A request that is settled
+ *   without a reply removes its job if no worker holds it yet, so it never runs.
+ * - Replies can be missed (Redis restarted without its data): a sweep asks Redis for the job of
+ *   requests waiting longer than SWEEP_AFTER_MS, and fails those whose job is gone twice in a
+ *   row (once could be a reply on its way).
  * - Redis down: `infer` and `submit` fail at once with 503 QUEUE_UNAVAILABLE (the connection
  *   status is checked before `add`, `add` itself is bounded by QUEUE_ADD_TIMEOUT_MS), and
  *   requests already waiting get QUEUE_UNAVAILABLE once the link has been down LOST_AFTER_MS.
  *   ioredis reconnects by itself; nothing here exits the process.
- * - Adapters: API nodes serve the pack's adapter list read-only. Loading or unloading at run time
- *   is refused with QUEUE_MODE_UNSUPPORTED: it would have to reach every worker (and workers that
- *   start later), which a broadcast over the queue does not guarantee. Change the pack and
- *   restart the workers instead.
+ * - Adapters: this node's registry follows the cluster's (registry-sync.ts); requests are
+ *   validated against it and their job carries its version. Loads and unloads are admin changes
+ *   through `RegistrySync.change`: applied here first (embedded mode's validation and errors),
+ *   then committed and applied by every worker, or rolled back with a worker's error.
  */
-import { randomUUID } from 'node:crypto';
-import { type Job, Queue, QueueEvents } from 'bullmq';
+
+import { randomBytes, randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import { type Job, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { AdapterInfo } from '../adapters/registry.js';
 import { MoeError } from '../errors.js';
@@ -44,14 +50,18 @@ import {
   CONTRACT_VERSION,
   decodeEmbedding,
   decodeFailure,
+  EVENTS_MAX_LEN,
   JOB_NAMES,
   type JobData,
   type JobName,
   type JobResult,
   jobOptions,
+  parseReply,
   type QueueSettings,
+  queueKeys,
 } from './contract.js';
-import { connectRedis, isUp, within } from './redis.js';
+import { connectRedis, isUp, RedisClock, within } from './redis.js';
+import { type RegistryEntry, RegistrySync } from './registry-sync.js';
 
 export interface QueueClientOptions {
   readonly settings: QueueSettings;
@@ -61,34 +71,53 @@ export interface QueueClientOptions {
   readonly maxQueuedItems: number;
   /** Deadline of durable jobs (JOB_TIMEOUT_MS). */
   readonly jobTimeoutMs: number;
+  /** ADAPTER_ROOT: where adapter folders are, here and (the same volume) on every worker. */
+  readonly adapterRoot: string;
+  /** ADAPTER_SYNC_TIMEOUT_MS. */
+  readonly syncTimeoutMs: number;
   readonly log: Logger;
 }
 
-/** Requests waiting longer than this get their job's state read from Redis (missed events). */
+/** Requests waiting longer than this get their job looked up in Redis (missed replies). */
 const SWEEP_AFTER_MS = 1000;
 /** Redis unreachable this long: requests waiting for an answer get QUEUE_UNAVAILABLE. */
 const LOST_AFTER_MS = 1000;
-/** Most job states read per sweep (one sweep a second). */
+/** Most jobs looked up per sweep (one sweep a second). */
 const SWEEP_LIMIT = 256;
 /** A scrape of /metrics waits this long for the queue counts at most. */
 const COUNTS_TIMEOUT_MS = 500;
+/** Most replies one read takes; a read blocks this long at most when none is there. */
+const REPLY_BATCH = 1024;
+const REPLY_BLOCK_MS = 2000;
+/** Replies read are deleted within this long. */
+const REPLY_TRIM_MS = 100;
 
 interface Pending {
   readonly items: readonly PreparedItem[];
   /** performance.now() when `add` succeeded; undefined until then. */
   addedAt: number | undefined;
   checkedAt: number;
+  /** The last sweep found no job: the next one that finds none fails the request. */
+  missing: boolean;
   readonly resolve: (result: JobResult) => void;
   readonly reject: (error: unknown) => void;
 }
 
 export class QueueInference implements Inference, JobQueue {
-  /** Commands (add, state reads): fails fast while disconnected. */
+  /** This node's name: its reply stream, and the `replyTo` of its synchronous jobs. */
+  readonly node = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
+  /** Commands (add, state reads, the registry): fails fast while disconnected. */
   private readonly redis: Redis;
-  /** QueueEvents' blocking XREAD needs a link of its own. */
-  private readonly eventsRedis: Redis;
-  private readonly queue: Queue<JobData, JobResult, JobName>;
-  private readonly events: QueueEvents;
+  /** The blocking XREAD of this node's reply stream needs a link of its own. */
+  private readonly replyRedis: Redis;
+  private readonly queue: Queue<JobData, JobResult | null, JobName>;
+  private readonly clock: RedisClock;
+  private readonly registry: RegistrySync;
+  private readonly replyStream: string;
+  /** The id of the last reply read. */
+  private replyCursor = '0';
+  private reading: Promise<void> | undefined;
+  private trimTimer: NodeJS.Timeout | undefined;
   private readonly pending = new Map<string, Pending>();
   /** Jobs waiting for the end of this event-loop turn to be added together. */
   private readonly adds: {
@@ -102,6 +131,7 @@ export class QueueInference implements Inference, JobQueue {
   private readonly sweeper: NodeJS.Timeout;
   private lostTimer: NodeJS.Timeout | undefined;
   private draining = false;
+  private closed = false;
   private closing: Promise<void> | undefined;
   private readonly modelTag: string;
 
@@ -117,35 +147,59 @@ export class QueueInference implements Inference, JobQueue {
       failFast: true,
       onChange: (up, error) => this.onRedisChange(up, error),
     });
-    this.eventsRedis = connectRedis(settings.redisUrl, { name: `moe-api-events-${process.pid}` });
-    const base = { prefix: settings.prefix };
-    this.queue = new Queue<JobData, JobResult, JobName>(settings.name, {
-      ...base,
+    this.replyRedis = connectRedis(settings.redisUrl, { name: `moe-api-replies-${process.pid}` });
+    this.clock = new RedisClock(this.redis);
+    const keys = queueKeys(settings);
+    this.replyStream = keys.replies(this.node);
+    this.queue = new Queue<JobData, JobResult | null, JobName>(settings.name, {
+      prefix: settings.prefix,
       connection: this.redis,
+      streams: { events: { maxLen: EVENTS_MAX_LEN } },
     });
-    this.events = new QueueEvents(settings.name, { ...base, connection: this.eventsRedis });
     // BullMQ re-emits connection errors; the link state is logged once by onRedisChange.
     this.queue.on('error', () => undefined);
-    this.events.on('error', () => undefined);
-    this.events.on('completed', ({ jobId, returnvalue }) =>
-      this.settle(jobId, returnvalue as unknown as JobResult),
+    this.registry = new RegistrySync(
+      {
+        load: (folder, id) => front.registry.load(folder, { id }),
+        unload: (id) => front.registry.unload(id),
+      },
+      {
+        redis: this.redis,
+        redisUrl: settings.redisUrl,
+        keys,
+        pack: front.pack,
+        adapterRoot: options.adapterRoot,
+        role: 'api',
+        name: this.node,
+        syncTimeoutMs: options.syncTimeoutMs,
+        log,
+      },
     );
-    this.events.on('failed', ({ jobId, failedReason }) =>
-      this.settle(jobId, decodeFailure(failedReason)),
-    );
+    this.registry.on('change', () => {
+      metrics.registryVersion.set(this.registry.version);
+      metrics.registrySynced.set(this.registry.synced ? 1 : 0);
+      this.recordAdapterCounts();
+    });
     this.sweeper = setInterval(() => void this.sweep(), SWEEP_AFTER_MS);
     this.sweeper.unref();
 
     metrics.buildInfo.set({ model: front.name, version: front.pack.manifest.version }, 1);
-    for (const group of front.view.groups) {
-      metrics.adaptersLoaded.set({ group: group.id }, group.adapters.length);
-    }
+    metrics.registryVersion.set(0);
+    metrics.registrySynced.set(1);
+    this.recordAdapterCounts();
     metrics.onCollect(() => this.collectQueueCounts());
     log('info', 'queue mode: requests go to Redis', {
       queue: settings.name,
       prefix: settings.prefix,
       redis: redactUrl(settings.redisUrl),
+      node: this.node,
     });
+  }
+
+  /** Follow the adapter registry (catching up first) and read this node's replies. */
+  async start(): Promise<void> {
+    await this.registry.start();
+    this.reading ??= this.readReplies();
   }
 
   // --- Inference ----------------------------------------------------------------------------
@@ -153,7 +207,10 @@ export class QueueInference implements Inference, JobQueue {
   async infer(request: InferRequest, options: InferOptions): Promise<InferAnswer> {
     this.assertOpen();
     const t0 = performance.now();
-    const items = this.front.prepare(request);
+    const items = await this.front.prepare(request);
+    // Read after validating: a job may claim a newer registry than it was checked against
+    // (harmless: a worker then waits for a version it needs not), never an older one.
+    const registryVersion = this.registry.version;
     const tokenizeMs = performance.now() - t0;
     this.metrics.stageDuration.observe({ stage: 'tokenize' }, tokenizeMs / 1000);
     if (items.length === 0) {
@@ -161,10 +218,11 @@ export class QueueInference implements Inference, JobQueue {
       return this.toAnswer({ v: CONTRACT_VERSION, results: [], timings: none }, [], tokenizeMs);
     }
     this.assertAdmits(items.length);
-    const deadline = Date.now() + Math.max(0, options.deadline - performance.now());
     const id = randomUUID();
     const answer = this.await(id, items, options);
-    this.add(JOB_NAMES.request, this.jobData(items, deadline, []), id).then(
+    const budgetMs = Math.max(0, options.deadline - performance.now());
+    const data = this.jobData(items, budgetMs, registryVersion, this.node, []);
+    this.add(JOB_NAMES.request, data, id).then(
       () => {
         const entry = this.pending.get(id);
         if (entry !== undefined) entry.addedAt = performance.now();
@@ -183,16 +241,37 @@ export class QueueInference implements Inference, JobQueue {
     return this.front.registry.list();
   }
 
-  async loadAdapter(): Promise<AdapterInfo> {
-    throw adaptersFixed();
+  async loadAdapter(folder: string, id?: string): Promise<AdapterInfo> {
+    this.assertOpen();
+    return this.registry.change(async (current, version) => {
+      const before = new Map(this.front.registry.list().map((a) => [a.id, a.loadedAt?.getTime()]));
+      const info = await this.front.registry.load(folder, id === undefined ? {} : { id });
+      const was = before.get(info.id);
+      if (was !== undefined && was === info.loadedAt?.getTime()) {
+        return { result: info, next: undefined }; // the same contents again: nothing changes
+      }
+      const entry = this.registry.entry(info.id, info.group, folder, version);
+      return { result: info, next: upsert(current, entry) };
+    });
   }
 
-  async unloadAdapter(): Promise<void> {
-    throw adaptersFixed();
+  async unloadAdapter(id: string): Promise<void> {
+    this.assertOpen();
+    return this.registry.change(async (current) => {
+      await this.front.registry.unload(id); // ADAPTER_NOT_FOUND, ADAPTER_LAST_IN_GROUP, ...
+      const served = current.some((entry) => entry.id === id);
+      // Not served: a failed load's record, cleared here only.
+      return { result: undefined, next: served ? current.filter((e) => e.id !== id) : undefined };
+    });
   }
 
   readiness(): Readiness {
-    const checks = { model_loaded: true, redis: isUp(this.redis), not_draining: !this.draining };
+    const checks = {
+      model_loaded: true,
+      redis: isUp(this.redis),
+      adapters_synced: this.registry.synced,
+      not_draining: !this.draining,
+    };
     return {
       ready: Object.values(checks).every(Boolean),
       checks,
@@ -210,11 +289,21 @@ export class QueueInference implements Inference, JobQueue {
       while (this.pending.size > 0 && performance.now() < limit) {
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
+      this.closed = true;
       clearInterval(this.sweeper);
       clearTimeout(this.lostTimer);
-      await Promise.allSettled([this.events.close(), this.queue.close()]);
+      if (this.trimTimer !== undefined) {
+        clearTimeout(this.trimTimer);
+        await this.redis
+          .xtrim(this.replyStream, 'MINID', after(this.replyCursor))
+          .catch(() => undefined);
+      }
+      await this.registry.close();
+      await this.queue.close().catch(() => undefined);
+      this.clock.close();
+      this.replyRedis.disconnect();
+      await this.reading;
       this.redis.disconnect();
-      this.eventsRedis.disconnect();
     })();
     return this.closing;
   }
@@ -226,7 +315,8 @@ export class QueueInference implements Inference, JobQueue {
     options: { readonly returnFields: readonly ReturnField[] },
   ): Promise<JobStatus> {
     this.assertOpen();
-    const items = this.front.prepare(request);
+    const items = await this.front.prepare(request);
+    const registryVersion = this.registry.version;
     if (items.length === 0) {
       throw new MoeError('INPUT_INVALID', 'The request has no inputs; send at least one.', {
         field: 'inputs',
@@ -234,8 +324,14 @@ export class QueueInference implements Inference, JobQueue {
     }
     const id = randomUUID();
     const createdAt = new Date();
-    const deadline = createdAt.getTime() + this.options.jobTimeoutMs;
-    await this.add(JOB_NAMES.durable, this.jobData(items, deadline, options.returnFields), id);
+    const data = this.jobData(
+      items,
+      this.options.jobTimeoutMs,
+      registryVersion,
+      null,
+      options.returnFields,
+    );
+    await this.add(JOB_NAMES.durable, data, id);
     return {
       id,
       state: 'waiting',
@@ -257,7 +353,7 @@ export class QueueInference implements Inference, JobQueue {
       const state = await this.queue.getJobState(id);
       if (state === 'unknown') return undefined;
       const job = await this.queue.getJob(id);
-      return job === undefined ? undefined : { job, state };
+      return job === undefined || job.data.replyTo !== null ? undefined : { job, state };
     };
     const found = await within(read(), this.options.addTimeoutMs, unavailable);
     if (found === undefined) {
@@ -270,6 +366,7 @@ export class QueueInference implements Inference, JobQueue {
     const { job } = found;
     const state = publicState(found.state);
     const items = job.data.items.map(toPreparedShape);
+    const result = job.returnvalue;
     return {
       id,
       state,
@@ -277,7 +374,8 @@ export class QueueInference implements Inference, JobQueue {
       finishedAt: job.finishedOn === undefined ? undefined : new Date(job.finishedOn),
       attempts: job.attemptsStarted,
       returnFields: job.data.returnFields ?? [],
-      answer: state === 'completed' ? this.toAnswer(job.returnvalue, items, 0) : undefined,
+      answer:
+        state === 'completed' && result !== null ? this.toAnswer(result, items, 0) : undefined,
       error: state === 'failed' ? decodeFailure(job.failedReason) : undefined,
     };
   }
@@ -289,7 +387,7 @@ export class QueueInference implements Inference, JobQueue {
       const timer = setTimeout(
         () => {
           this.metrics.rejected.inc({ reason: 'timeout' });
-          this.settle(
+          this.abandon(
             id,
             new MoeError(
               'REQUEST_TIMEOUT',
@@ -301,9 +399,7 @@ export class QueueInference implements Inference, JobQueue {
       );
       const onAbort = () => {
         this.metrics.rejected.inc({ reason: 'client_gone' });
-        this.settle(id, new MoeError('CLIENT_CLOSED', 'The client went away before the answer.'));
-        // Best effort: a job no worker has taken yet is removed; a locked one finishes unread.
-        this.queue.remove(id).catch(() => undefined);
+        this.abandon(id, new MoeError('CLIENT_CLOSED', 'The client went away before the answer.'));
       };
       options.signal?.addEventListener('abort', onAbort, { once: true });
       this.pendingItems += items.length;
@@ -311,6 +407,7 @@ export class QueueInference implements Inference, JobQueue {
         items,
         addedAt: undefined,
         checkedAt: 0,
+        missing: false,
         resolve: (result) => {
           clearTimeout(timer);
           options.signal?.removeEventListener('abort', onAbort);
@@ -325,39 +422,95 @@ export class QueueInference implements Inference, JobQueue {
     });
   }
 
-  /** Settle a pending request once; unknown ids (other nodes' jobs, repeats) are ignored. */
-  private settle(id: string, outcome: JobResult | unknown): void {
+  /**
+   * Settle a pending request once; unknown ids (repeats, requests settled already) are ignored.
+   * True when this settled it.
+   */
+  private settle(id: string, outcome: JobResult | unknown): boolean {
     const entry = this.pending.get(id);
-    if (entry === undefined) return;
+    if (entry === undefined) return false;
     this.pending.delete(id);
     this.pendingItems -= entry.items.length;
     if (isJobResult(outcome)) entry.resolve(outcome);
     else entry.reject(outcome);
+    return true;
   }
 
-  /** Read the state of requests that waited long: their events may have been missed. */
+  /** Settle without a reply, and remove the job unless a worker holds it: it will not run. */
+  private abandon(id: string, error: MoeError): void {
+    if (!this.settle(id, error)) return;
+    if (isUp(this.redis)) this.queue.remove(id).catch(() => undefined);
+  }
+
+  /** Read this node's reply stream until closed; delete what was read. */
+  private async readReplies(): Promise<void> {
+    while (!this.closed) {
+      let read: [string, [string, string[]][]][] | null;
+      try {
+        read = (await this.replyRedis.xread(
+          'COUNT',
+          REPLY_BATCH,
+          'BLOCK',
+          REPLY_BLOCK_MS,
+          'STREAMS',
+          this.replyStream,
+          this.replyCursor,
+        )) as [string, [string, string[]][]][] | null;
+      } catch {
+        if (this.closed) return;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        continue;
+      }
+      if (read === null) continue;
+      for (const [, entries] of read) {
+        for (const [entryId, fields] of entries) {
+          this.replyCursor = entryId;
+          const reply = parseReply(fields);
+          if (reply === undefined) continue;
+          const answered = this.settle(
+            reply.job,
+            'result' in reply ? reply.result : decodeFailure(reply.failure),
+          );
+          this.metrics.replies.inc({ outcome: answered ? 'answered' : 'late' });
+        }
+      }
+      this.trimSoon();
+    }
+  }
+
+  /**
+   * Delete what has been read, REPLY_TRIM_MS after the first read since the last deletion: one
+   * command for all the reads in between (each write to Redis costs CPU; see corkTurn).
+   */
+  private trimSoon(): void {
+    this.trimTimer ??= setTimeout(() => {
+      this.trimTimer = undefined;
+      this.redis.xtrim(this.replyStream, 'MINID', after(this.replyCursor)).catch(() => undefined);
+    }, REPLY_TRIM_MS);
+  }
+
+  /** Look up the jobs of requests that waited long: their reply may have been lost. */
   private async sweep(): Promise<void> {
     if (!isUp(this.redis) || this.pending.size === 0) return;
     const now = performance.now();
-    const due: string[] = [];
+    const due: [string, Pending][] = [];
     for (const [id, entry] of this.pending) {
       if (entry.addedAt === undefined || now - entry.addedAt < SWEEP_AFTER_MS) continue;
       if (now - entry.checkedAt < SWEEP_AFTER_MS) continue;
       entry.checkedAt = now;
-      due.push(id);
+      due.push([id, entry]);
       if (due.length >= SWEEP_LIMIT) break;
     }
     await Promise.allSettled(
-      due.map(async (id) => {
-        const job = await this.queue.getJob(id);
-        if (job === undefined) {
+      due.map(async ([id, entry]) => {
+        const state = await this.queue.getJobState(id);
+        if (state !== 'unknown') {
+          entry.missing = false;
+        } else if (entry.missing) {
           this.settle(id, jobLost());
-          return;
+        } else {
+          entry.missing = true; // maybe finished just now, its reply on the way: look again
         }
-        const state = await job.getState();
-        if (state === 'completed') this.settle(id, job.returnvalue);
-        else if (state === 'failed') this.settle(id, decodeFailure(job.failedReason));
-        else if (state === 'unknown') this.settle(id, jobLost());
       }),
     );
   }
@@ -412,7 +565,8 @@ export class QueueInference implements Inference, JobQueue {
    */
   private coalesce(name: JobName, data: JobData, id: string): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.adds.push({ name, data, opts: jobOptions(this.options.settings, id), resolve, reject });
+      const opts = jobOptions(this.options.settings, id, name);
+      this.adds.push({ name, data, opts, resolve, reject });
       if (this.adds.length > 1) return;
       setImmediate(() => {
         const batch = this.adds.splice(0);
@@ -434,7 +588,9 @@ export class QueueInference implements Inference, JobQueue {
 
   private jobData(
     items: readonly PreparedItem[],
-    deadline: number,
+    budgetMs: number,
+    registryVersion: number,
+    replyTo: string | null,
     returnFields: readonly ReturnField[],
   ): JobData {
     const first = items[0]!; // prepare() gives >= 1 item: the schema requires one input
@@ -444,7 +600,10 @@ export class QueueInference implements Inference, JobQueue {
       routing: first.routing,
       tasks: first.tasks ?? null,
       items: items.map((item) => ({ ids: Array.from(item.ids), truncated: item.truncated })),
-      deadline,
+      budgetMs,
+      queuedAt: this.clock.now(),
+      registryVersion,
+      replyTo,
       returnFields,
     };
   }
@@ -479,6 +638,12 @@ export class QueueInference implements Inference, JobQueue {
         forwardMs: t.forwardMs,
       },
     };
+  }
+
+  private recordAdapterCounts(): void {
+    for (const group of this.front.view.groups) {
+      this.metrics.adaptersLoaded.set({ group: group.id }, group.adapters.length);
+    }
   }
 
   private async collectQueueCounts(): Promise<void> {
@@ -523,6 +688,18 @@ export class QueueInference implements Inference, JobQueue {
   }
 }
 
+/** `entries` with `entry` in place of the one with its id (same position), or appended. */
+function upsert(entries: readonly RegistryEntry[], entry: RegistryEntry): RegistryEntry[] {
+  const at = entries.findIndex((e) => e.id === entry.id);
+  return at < 0 ? [...entries, entry] : entries.map((e, i) => (i === at ? entry : e));
+}
+
+/** The stream id right after `id` ("ms-seq"): XTRIM MINID of it deletes `id` and all before. */
+function after(id: string): string {
+  const [ms, seq] = id.split('-');
+  return `${ms}-${Number(seq ?? 0) + 1}`;
+}
+
 function unavailable(): MoeError {
   return new MoeError(
     'QUEUE_UNAVAILABLE',
@@ -534,15 +711,8 @@ function unavailable(): MoeError {
 function jobLost(): MoeError {
   return new MoeError(
     'QUEUE_UNAVAILABLE',
-    'The job of this request is no longer in Redis (Redis restarted without its data?); retry the request.',
+    'The job of this request is gone from Redis without an answer (Redis restarted without its data?); retry the request.',
     { retryAfterSeconds: 1 },
-  );
-}
-
-function adaptersFixed(): MoeError {
-  return new MoeError(
-    'QUEUE_MODE_UNSUPPORTED',
-    "Adapters cannot be loaded or unloaded at run time in queue mode (QUEUE=redis): the workers serve their model pack's adapters. Change the pack and restart the workers.",
   );
 }
 

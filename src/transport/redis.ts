@@ -68,3 +68,78 @@ export async function within<T>(
     clearTimeout(timer);
   }
 }
+
+/**
+ * Redis's clock, as seen from this process: the one clock every API node and worker shares, so
+ * that a deadline can travel as "this much time left when queued at Redis time T" without any
+ * host comparing its own clock with another's.
+ *
+ * `now()` is this process's monotonic clock plus an offset to Redis's TIME, measured on each
+ * (re)connect and every RESAMPLE_MS, keeping the sample with the shortest round trip of the last
+ * few (its error is at most half that round trip, well under a millisecond on a LAN). Before the
+ * first sample it is the wall clock, which is all it can be.
+ */
+export class RedisClock {
+  private offset = Date.now() - performance.now();
+  private best: { rtt: number; at: number } | undefined;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly redis: Redis) {
+    redis.on('ready', () => void this.sample());
+    if (isUp(redis)) void this.sample();
+    this.timer = setInterval(() => void this.sample(), RESAMPLE_MS);
+    this.timer.unref();
+  }
+
+  /** Milliseconds since the epoch on Redis's clock. */
+  now(): number {
+    return performance.now() + this.offset;
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
+
+  private async sample(): Promise<void> {
+    if (!isUp(this.redis)) return;
+    try {
+      const t0 = performance.now();
+      const [seconds, micros] = await this.redis.time();
+      const t1 = performance.now();
+      const rtt = t1 - t0;
+      // A reply that waited for a reconnect or a stalled Redis says little about the offset.
+      if (rtt > MAX_SAMPLE_RTT_MS) return;
+      // A sample beats the kept one when its round trip is shorter, or when the kept one is old
+      // (the two clocks drift apart slowly; a later sample also follows a stepped wall clock).
+      if (this.best !== undefined && rtt > this.best.rtt && t1 - this.best.at < 4 * RESAMPLE_MS) {
+        return;
+      }
+      this.best = { rtt, at: t1 };
+      this.offset = Number(seconds) * 1000 + Number(micros) / 1000 - (t0 + t1) / 2;
+    } catch {
+      // Redis went away; the next (re)connect samples again.
+    }
+  }
+}
+
+const RESAMPLE_MS = 10_000;
+const MAX_SAMPLE_RTT_MS = 200;
+
+const corked = new WeakSet<object>();
+
+/**
+ * Hold the commands written to `redis` until this event-loop turn ends, then send them in one
+ * write. A worker finishing a batch completes every job of it in one turn, one command each;
+ * measured here, each write to a loopback Redis cost 0.1-0.6 ms of the writer's CPU (the kernel
+ * delivers the bytes to Redis in the writer's time), more than the rest of the job's handling.
+ */
+export function corkTurn(redis: Redis): void {
+  const stream = redis.stream;
+  if (stream === undefined || stream === null || corked.has(stream)) return;
+  corked.add(stream);
+  stream.cork();
+  setImmediate(() => {
+    corked.delete(stream);
+    stream.uncork();
+  });
+}

@@ -189,6 +189,31 @@ return n`;
   });
 }
 
+/** `redis-cli -p port ...args`: its stdout (raw output, one reply element per line). */
+export function redisCli(port: number, ...args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile('redis-cli', ['-p', String(port), ...args], { timeout: 10_000 }, (error, stdout) =>
+      error === null ? resolve(stdout) : reject(error),
+    );
+  });
+}
+
+/** Every key under `prefix` (SCAN), and Redis's `used_memory` in bytes, on the Redis at `port`. */
+export async function redisFootprint(
+  port: number,
+  prefix: string,
+): Promise<{ keys: string[]; usedMemory: number }> {
+  const [scan, info] = await Promise.all([
+    redisCli(port, '--scan', '--pattern', `${prefix}*`),
+    redisCli(port, 'info', 'memory'),
+  ]);
+  const used = /^used_memory:(\d+)/m.exec(info);
+  return {
+    keys: scan.split('\n').filter((line) => line.length > 0),
+    usedMemory: Number(used?.[1] ?? Number.NaN),
+  };
+}
+
 /** SIGTERM (or `signal`) and wait for the exit; SIGKILL after `timeoutMs`. */
 export async function stop(
   proc: Proc,
