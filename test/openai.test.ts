@@ -116,11 +116,17 @@ describe('openai client: embeddings and models', () => {
     );
   });
 
-  it('takes token ids of the model vocabulary (one array, or one per input) as already tokenized', async () => {
+  it('takes token ids of the model vocabulary (one array, or one per input) exactly as given', async () => {
     const tokenizer = Tokenizer.fromFile(join(packDir, 'tokenizer.json'));
-    const encodings = await tokenizer.encodeBatch([...TEXTS], { addSpecialTokens: false });
+    // With the special tokens the tokenizer adds to a text, ids give that text's answer.
+    const encodings = await tokenizer.encodeBatch([...TEXTS], { addSpecialTokens: true });
     const ids = encodings.map((e) => e.getIds());
     const native = await nativeEmbeddings(server.url, { inputs: TEXTS });
+    // Without them, the model runs on the bare ids: nothing is added behind the client's back.
+    const bare = (await tokenizer.encode(TEXTS[1]!, null, { addSpecialTokens: false })).getIds();
+    const alone = await client.embeddings.create({ input: bare, model: 'fixture' });
+    assert.equal(alone.usage.prompt_tokens, bare.length);
+    assert.ok(maxAbsDiff(alone.data[0]!.embedding, native[1]!.embedding) > 1e-3);
     const one = await client.embeddings.create({ input: ids[1]!, model: 'fixture' });
     assert.equal(one.data.length, 1);
     assert.ok(maxAbsDiff(one.data[0]!.embedding, native[1]!.embedding) <= TOLERANCE);

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildApp } from '../src/app.js';
 import type { InferBody, InferResponse } from '../src/http/schemas.js';
-import { toInferRequest } from '../src/http/wire.js';
+import { nativeInputs, toInferRequest } from '../src/http/wire.js';
 import { type InferResult, Model } from '../src/inference/model.js';
 import { EmbeddedInference } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
@@ -303,7 +303,7 @@ before(async () => {
   embedded = { model, inference };
   const answers = await Promise.all(
     Array.from({ length: REQUESTS }, (_, i) =>
-      inference.infer(toInferRequest({ texts: body(i).inputs }, body(i)), {
+      inference.infer(toInferRequest(nativeInputs(body(i).inputs), body(i)), {
         deadline: performance.now() + 60_000,
       }),
     ),
@@ -451,7 +451,7 @@ describe('queue mode: one API node, two workers, real Redis', () => {
     await embedded.inference.loadAdapter(folder, 'nl');
     const want = await Promise.all(
       Array.from({ length: 200 }, (_, i) =>
-        embedded.inference.infer(toInferRequest({ texts: pinned(i).inputs }, pinned(i)), {
+        embedded.inference.infer(toInferRequest(nativeInputs(pinned(i).inputs), pinned(i)), {
           deadline: performance.now() + 60_000,
         }),
       ),

@@ -14,7 +14,7 @@ import type { JobQueue, JobStatus } from '../inference/service.js';
 import { inferResponseBody } from './native-routes.js';
 import { checkLimits, type RouteLimits } from './pipeline.js';
 import { ErrorBody, InferBody, InferResponse } from './schemas.js';
-import { toInferRequest } from './wire.js';
+import { nativeInputs, toInferRequest } from './wire.js';
 
 export interface JobRouteOptions {
   /** Undefined in embedded mode. */
@@ -92,7 +92,7 @@ export async function jobRoutes(app: FastifyInstance, options: JobRouteOptions):
       const body = request.body;
       // A durable job has no client waiting on the connection and its own deadline
       // (JOB_TIMEOUT_MS), so of the request pipeline only the limits apply.
-      const inferRequest = toInferRequest({ texts: body.inputs }, body);
+      const inferRequest = toInferRequest(nativeInputs(body.inputs), body);
       checkLimits(inferRequest, options.limits);
       const job = await queue.submit(inferRequest, { returnFields: body.return ?? [] });
       reply.code(202).header('location', `/v1/jobs/${encodeURIComponent(job.id)}`);

@@ -22,7 +22,7 @@ import {
   LoadAdapterBody,
   ModelList,
 } from './schemas.js';
-import { toInferRequest } from './wire.js';
+import { nativeInputs, toInferRequest } from './wire.js';
 
 export interface NativeRouteOptions {
   readonly inference: Inference;
@@ -68,7 +68,7 @@ export async function nativeRoutes(
     },
     async (request) => {
       const body = request.body;
-      const answer = await request.infer(toInferRequest({ texts: body.inputs }, body));
+      const answer = await request.infer(toInferRequest(nativeInputs(body.inputs), body));
       return inferResponseBody(answer, body.return ?? []);
     },
   );

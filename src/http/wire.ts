@@ -18,6 +18,15 @@ export type WireInputs =
   | { readonly texts: readonly string[] }
   | { readonly tokenIds: readonly (readonly number[])[] };
 
+/** The native body's `inputs`: texts, or token ids per input (exactly as given). */
+export function nativeInputs(
+  inputs: readonly string[] | readonly (readonly number[])[],
+): WireInputs {
+  return inputs.every((input) => Array.isArray(input))
+    ? { tokenIds: inputs as readonly (readonly number[])[] }
+    : { texts: inputs as readonly string[] };
+}
+
 export function toInferRequest(
   inputs: WireInputs,
   routing: WireRouting,

@@ -21,12 +21,15 @@ export function slotGroupsOf(pack: LoadedPack): SlotGroup[] {
   }));
 }
 
-/** Compile the pack's graph and describe it for the engine. */
-export function engineGraphOf(pack: LoadedPack): EngineGraph {
+/**
+ * Compile the pack's graph and describe it for the engine. `backbonePath` is the ONNX file the
+ * engine runs before it (for a Hugging Face backbone, the graph prepareBackbone built).
+ */
+export function engineGraphOf(pack: LoadedPack, backbonePath: string): EngineGraph {
   const groups = slotGroupsOf(pack);
   const compiled = compilePackGraph({
     backbone: { kind: 'external', hiddenSize: pack.hiddenSize },
-    pooling: { mode: 'mean', normalize: true },
+    pooling: pack.pooling,
     groups: pack.groups.map((group) => ({
       id: group.id,
       slots: group.slots,
@@ -38,12 +41,13 @@ export function engineGraphOf(pack: LoadedPack): EngineGraph {
   return {
     worker: {
       model: compiled.bytes,
-      externalBackbone: pack.backbonePath,
+      externalBackbone: backbonePath,
       banks: compiled.banks.flat(),
       groupCount: groups.length,
       gatedGroups: groups.map((g) => g.gated),
       headCount: pack.heads.length,
-      padTokenId: 0,
+      // Padding ids: the model's own pad token (RoBERTa-style positions treat it as padding).
+      padTokenId: pack.backbone.kind === 'huggingface' ? pack.backbone.info.config.padTokenId : 0,
     },
     groups,
     heads: pack.heads.map((head) => ({ id: head.id, labels: head.labels })),

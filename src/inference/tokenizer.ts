@@ -118,9 +118,10 @@ export class TextTokenizer {
   }
 
   /**
-   * Pre-tokenized input (the OpenAI "array of token ids" form): ids of this vocabulary for the
-   * content only. The special tokens are added around them exactly as for a text, and the length
-   * policy applies, so the ids `encode` would produce for a text give that text's answer.
+   * Pre-tokenized input (the OpenAI "array of token ids" form): the model runs on exactly these
+   * ids, special tokens included if the client sent them and none added, so a client can
+   * reproduce a model's output for exact ids. Ids must be in the vocabulary; the length policy
+   * applies (truncation keeps the first max_length ids).
    */
   encodeIds(content: readonly number[], policy: TruncationPolicy, index = 0): EncodedText {
     content.forEach((id, j) => {
@@ -132,7 +133,16 @@ export class TextTokenizer {
         );
       }
     });
-    return this.wrap(content, policy, index);
+    if (content.length <= this.maxLength)
+      return { ids: Int32Array.from(content), truncated: false };
+    if (policy === 'reject') {
+      throw new MoeError(
+        'INPUT_TOO_LONG',
+        `inputs[${index}] has ${content.length} token ids; the model accepts at most ${this.maxLength}. Send fewer ids or let the server truncate them.`,
+        { field: `inputs[${index}]`, tokens: content.length, limit: this.maxLength },
+      );
+    }
+    return { ids: Int32Array.from(content.slice(0, this.maxLength)), truncated: true };
   }
 
   private wrap(content: readonly number[], policy: TruncationPolicy, index: number): EncodedText {

@@ -38,6 +38,21 @@ export const PACK_ERROR_CODES = [
   'PACK_CORRUPT_FILE',
   /** adapter_config.json is not valid JSON, does not match its schema, or disagrees with the pack. */
   'PACK_INVALID_ADAPTER',
+  /**
+   * A Hugging Face JSON file (config.json, tokenizer_config.json, special_tokens_map.json,
+   * modules.json, 1_Pooling/config.json, sentence_bert_config.json, the safetensors index) is not
+   * valid JSON, or one of its fields has a value that cannot be.
+   */
+  'PACK_INVALID_CONFIG',
+  /**
+   * A valid model this server does not run: its model_type, hidden_act, position embedding type,
+   * pooling mode or sentence-transformers module, or in-layer adapters on an ONNX backbone.
+   */
+  'PACK_UNSUPPORTED_MODEL',
+  /** A model folder has only pickled PyTorch weights (pytorch_model.bin); safetensors are required. */
+  'PACK_PICKLE_WEIGHTS',
+  /** The tokenizer produces ids beyond the backbone's embedding table. */
+  'PACK_VOCAB_MISMATCH',
 ] as const;
 
 export type PackErrorCode = (typeof PACK_ERROR_CODES)[number];

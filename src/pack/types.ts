@@ -99,6 +99,20 @@ export interface MixtureGroup {
   readonly gate: Gate | null;
 }
 
+/** sentence-transformers' Pooling modes this server runs. */
+export const POOLING_MODES = ['mean', 'cls', 'max'] as const;
+export type PoolingMode = (typeof POOLING_MODES)[number];
+
+/**
+ * How gates, heads and the embedding output pool the hidden state [B,T,d] into [B,d]:
+ * mean = masked mean, cls = the first token, max = masked max (padding at -1e9 first), as
+ * sentence-transformers' Pooling; normalize = L2-normalise the embedding output (its Normalize).
+ */
+export interface Pooling {
+  readonly mode: PoolingMode;
+  readonly normalize: boolean;
+}
+
 /** A snapshot of the registry: everything the mixture graph is compiled from. */
 export interface MixtureSpec {
   readonly hiddenSize: number;
@@ -129,10 +143,3 @@ export type GroupStructure =
       readonly placement: BottleneckPlacement;
       readonly layers: readonly number[];
     };
-
-/** How token states become one vector per input (sentence-transformers' Pooling modes). */
-export interface Pooling {
-  readonly mode: 'mean' | 'cls' | 'max';
-  /** L2-normalise the embedding output (sentence-transformers' Normalize module). */
-  readonly normalize: boolean;
-}
