@@ -38,6 +38,20 @@ export const PACK_ERROR_CODES = [
   'PACK_CORRUPT_FILE',
   /** adapter_config.json is not valid JSON, does not match its schema, or disagrees with the pack. */
   'PACK_INVALID_ADAPTER',
+  /**
+   * An imported adapter (PEFT, AdapterHub) uses an option or value this server does not run
+   * (DoRA, gating, PHM layers, parallel adapters, a LoRA bias...): the field and its value are named.
+   */
+  'PACK_UNSUPPORTED_ADAPTER',
+  /**
+   * An adapter made for another base model: hidden size, number of layers, model type or target
+   * modules differ from the backbone's; the message names the field and both values.
+   */
+  'PACK_BACKBONE_MISMATCH',
+  /** Weights only as a pickled PyTorch `.bin`; the message gives the one-line conversion command. */
+  'PACK_PICKLED_WEIGHTS',
+  /** An adapter folder that is none of the formats we import (moe-serve, PEFT, AdapterHub). */
+  'PACK_UNKNOWN_FORMAT',
 ] as const;
 
 export type PackErrorCode = (typeof PACK_ERROR_CODES)[number];

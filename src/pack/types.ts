@@ -53,11 +53,37 @@ export interface MlpGate {
 
 export type Gate = LinearGate | MlpGate;
 
-/** A task head over the mean-pooled final hidden state: logits = pooled @ weight + bias. */
+/**
+ * Which state of the final hidden states [T,d] a head reads:
+ * - 'mean': the masked mean over real tokens (the pack format's heads; the default);
+ * - 'cls': the first token's state (Hugging Face sequence-classification heads: BERT's pooler,
+ *   RoBERTa's classification head, DistilBERT's pre_classifier all read h[:, 0]).
+ */
+export type HeadPooling = 'mean' | 'cls';
+
+/** An optional layer between pooling and the output layer: act(pooled @ weight + bias). */
+export interface HeadHidden {
+  readonly weight: Weight; // [d,h]
+  readonly bias: Weight; // [h]
+  readonly activation: Activation;
+}
+
+/**
+ * A task head:
+ *   pooled = pool(final hidden state)                    by `pooling` (default 'mean')
+ *   x      = hidden ? act(pooled @ hidden.weight + hidden.bias) : pooled
+ *   logits = x @ weight + bias
+ * Without `pooling` and `hidden` this is the pack format's linear head over the mean-pooled state.
+ * Imported heads use the other forms: BertForSequenceClassification = cls + pooler (tanh) +
+ * classifier; RoBERTa / XLM-R = cls + classifier.dense (tanh) + classifier.out_proj; DistilBERT =
+ * cls + pre_classifier (relu) + classifier.
+ */
 export interface Head {
   readonly id: string;
   readonly labels: readonly string[];
-  readonly weight: Weight; // [d,L]
+  readonly pooling?: HeadPooling;
+  readonly hidden?: HeadHidden;
+  readonly weight: Weight; // [d,L], or [h,L] after a hidden layer
   readonly bias: Weight; // [L]
 }
 
