@@ -181,7 +181,7 @@ export async function importAdapterHubFolder(
     dir,
     ADAPTERHUB_WEIGHTS_FILE,
     ADAPTERHUB_PICKLE_FILE,
-    'an AdapterHub adapter',
+    'the AdapterHub adapter',
   );
   const tensors = await readSafetensors(weightsPath);
   const blocks = readBlocks(config, layout, backbone, tensors, configPath, weightsPath);
@@ -647,7 +647,7 @@ async function readAdapterHubHead(
     dir,
     ADAPTERHUB_HEAD_WEIGHTS_FILE,
     ADAPTERHUB_HEAD_PICKLE_FILE,
-    'an AdapterHub head',
+    'the AdapterHub head',
   );
   const tensors = await readSafetensors(weightsPath);
   const d = options.backbone.hiddenSize;

@@ -85,14 +85,14 @@ export async function weightsFile(
       'PACK_PICKLED_WEIGHTS',
       pickle,
       '',
-      `${what} weights are a pickled PyTorch file, which this server does not read (unpickling runs code); convert it beside itself with: ${conversionCommand(pickle, safe)}`,
+      `${what}'s weights are a pickled PyTorch file, which this server does not read (unpickling runs code); convert it beside itself with: ${conversionCommand(pickle, safe)}`,
     );
   }
   throw new PackError(
     'PACK_FILE_MISSING',
     safe,
     '',
-    `file not found; ${what} folder needs ${safeName} (or ${pickleName} to convert)`,
+    `file not found; ${what}'s folder needs ${safeName} (or ${pickleName} to convert)`,
   );
 }
 

@@ -118,7 +118,12 @@ export async function importPeftFolder(
     configPath,
     backbone.family,
   );
-  const weightsPath = await weightsFile(dir, PEFT_WEIGHTS_FILE, PEFT_PICKLE_FILE, 'a PEFT adapter');
+  const weightsPath = await weightsFile(
+    dir,
+    PEFT_WEIGHTS_FILE,
+    PEFT_PICKLE_FILE,
+    'the PEFT adapter',
+  );
   const tensors = await readSafetensors(weightsPath);
 
   // Sort the tensors: LoRA pairs by module key, everything else (modules_to_save) by its key.
