@@ -144,12 +144,12 @@ function torchLinear(w: Weight, b: Weight | undefined, x: readonly number[]): nu
 
 function assertClose(actual: readonly number[], expected: readonly number[], tolerance = 1e-5) {
   assert.equal(actual.length, expected.length);
-  actual.forEach((value, i) =>
+  for (const [i, value] of actual.entries()) {
     assert.ok(
       Math.abs(value - expected[i]!) <= tolerance,
       `element ${i}: ${value} vs ${expected[i]}`,
-    ),
-  );
+    );
+  }
 }
 
 const moduleSet = (adapter: LoraAdapter) => adapter.modules.map((m) => `${m.layer}:${m.module}`);
