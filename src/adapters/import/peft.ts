@@ -691,7 +691,8 @@ function peftHead(
     savedName: (relative) => saved.get(relative)?.name ?? `${PEFT_KEY_PREFIX}${relative}`,
     ...(base ? { base } : {}),
     labels: (count) => resolveLabels(count, labelSource),
-    ...(poolerDelta ? { hiddenDelta: poolerDelta } : {}),
+    // Only BERT's head reads the pooler (RoBERTa's task models have none, DistilBERT none at all).
+    ...(poolerDelta && layout.family === 'bert' ? { hiddenDelta: poolerDelta } : {}),
   });
 }
 
