@@ -363,28 +363,51 @@ describe('PEFT LoRA folders', () => {
     assertClose(got, expected);
   });
 
-  test('RoBERTa head: classifier.dense + tanh + out_proj saved with the adapter', async () => {
-    const roberta = backbone('roberta');
-    const fixture = await writePeftLoraFolder(folder(), {
-      backbone: shapeOf(roberta),
-      head: { numLabels: 2 },
+  for (const family of ['roberta', 'xlm-roberta'] as const) {
+    test(`${family} head: classifier.dense + tanh + out_proj saved with the adapter`, async () => {
+      const roberta = backbone(family);
+      const fixture = await writePeftLoraFolder(folder(), {
+        backbone: shapeOf(roberta),
+        head: { numLabels: 2 },
+      });
+      assert.ok(
+        fixture.tensors.has(
+          'base_model.model.roberta.encoder.layer.2.attention.self.value.lora_B.weight',
+        ),
+      );
+      const adapter = await importPeftFolder(fixture.dir, { ...options, backbone: roberta });
+      const states = Float64Array.from(new Random(1).normals(3 * 8));
+      const t = (name: string) => fixture.tensors.get(`base_model.model.${name}`)!;
+      const expected = torchLinear(
+        t('classifier.out_proj.weight'),
+        t('classifier.out_proj.bias'),
+        torchLinear(t('classifier.dense.weight'), t('classifier.dense.bias'), [
+          ...states.subarray(0, 8),
+        ]).map(Math.tanh),
+      );
+      assertClose(headLogits(adapter.head!, states, 8), expected);
     });
-    assert.ok(
-      fixture.tensors.has(
-        'base_model.model.roberta.encoder.layer.2.attention.self.value.lora_B.weight',
-      ),
+  }
+
+  test('all-linear as PEFT saves it (every linear module by its full name) reaches the pooler too', async () => {
+    const names = [0, 1, 2].flatMap((layer) =>
+      [
+        'attention.self.query',
+        'attention.self.key',
+        'attention.self.value',
+        'attention.output.dense',
+        'intermediate.dense',
+        'output.dense',
+      ].map((path) => `encoder.layer.${layer}.${path}`),
     );
-    const adapter = await importPeftFolder(fixture.dir, { ...options, backbone: roberta });
-    const states = Float64Array.from(new Random(1).normals(3 * 8));
-    const t = (name: string) => fixture.tensors.get(`base_model.model.${name}`)!;
-    const expected = torchLinear(
-      t('classifier.out_proj.weight'),
-      t('classifier.out_proj.bias'),
-      torchLinear(t('classifier.dense.weight'), t('classifier.dense.bias'), [
-        ...states.subarray(0, 8),
-      ]).map(Math.tanh),
-    );
-    assertClose(headLogits(adapter.head!, states, 8), expected);
+    const fixture = await writePeftLoraFolder(folder(), {
+      backbone: shapeOf(bert),
+      targetModules: [...names, 'pooler.dense'],
+    });
+    assert.ok(fixture.pooler);
+    const adapter = await importPeftFolder(fixture.dir, options);
+    assert.equal(adapter.modules.length, 18);
+    assert.equal(adapter.head, undefined); // a pooler LoRA without a head changes no output
   });
 
   test("DistilBERT: q_lin/v_lin/lin1 names map to our modules; pre_classifier saved (its name ends with 'classifier')", async () => {
@@ -414,6 +437,34 @@ describe('PEFT LoRA folders', () => {
     );
     assertClose(headLogits(adapter.head!, states, 8), expected);
     assert.deepEqual(adapter.head!.labels, ['LABEL_0', 'LABEL_1', 'LABEL_2', 'LABEL_3']);
+    // Without a saved pre_classifier, the base model's serves.
+    await editTensors(fixture.weightsPath, (tensors) => {
+      tensors.delete('base_model.model.pre_classifier.weight');
+      tensors.delete('base_model.model.pre_classifier.bias');
+    });
+    await expectPackError(importPeftFolder(fixture.dir, { ...options, backbone: distil }), {
+      code: 'PACK_MISSING_TENSOR',
+      file: fixture.weightsPath,
+      field: 'pre_classifier.weight',
+    });
+    const base = baseModelParts(shapeOf(distil));
+    const fromBase = await importPeftFolder(fixture.dir, {
+      ...options,
+      backbone: distil,
+      base: { tensors: base.tensors },
+    });
+    assertClose(
+      headLogits(fromBase.head!, states, 8),
+      torchLinear(
+        t('classifier.weight'),
+        t('classifier.bias'),
+        torchLinear(
+          base.tensors.get('pre_classifier.weight')!,
+          base.tensors.get('pre_classifier.bias')!,
+          [...states],
+        ).map((v) => Math.max(0, v)),
+      ),
+    );
   });
 });
 
