@@ -15,9 +15,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine, type EngineItem } from '../src/engine/engine.js';
-import { buildEncoder } from '../src/onnx/encoder.js';
 import { compileMixture } from '../src/onnx/mixture.js';
 import type { MixtureLayout } from '../src/onnx/mixture-contract.js';
+import { randomEncoderModel } from '../src/onnx/random-encoder.js';
 import { randomAdapter } from '../src/pack/fixture.js';
 import type { Head, LinearGate, MixtureSpec } from '../src/pack/types.js';
 import { Random } from '../src/util/random.js';
@@ -115,7 +115,7 @@ function configuration(
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'moe-bench-'));
   const backbonePath = join(dir, 'backbone.onnx');
-  await writeFile(backbonePath, buildEncoder(BACKBONE));
+  await writeFile(backbonePath, randomEncoderModel(BACKBONE));
   const sizes = [0, 1, 16, 256];
   let version = 0;
   const configs = sizes.map((experts) => ({ experts, ...configuration(experts, ++version) }));

@@ -477,7 +477,7 @@ describe('PEFT bad input', () => {
   test('a pickled adapter_model.bin: the conversion command', async () => {
     const fixture = await make({ weights: 'bin' });
     await expectPackError(importPeftFolder(fixture.dir, options), {
-      code: 'PACK_PICKLED_WEIGHTS',
+      code: 'PACK_PICKLE_WEIGHTS',
       file: join(fixture.dir, 'adapter_model.bin'),
       field: '',
       message: [/python -c/, /safetensors\.torch import save_file/, /adapter_model\.safetensors/],
@@ -913,7 +913,7 @@ describe('AdapterHub bad input', () => {
   test('a pickled pytorch_adapter.bin, or head: the conversion command', async () => {
     const fixture = await make({ weights: 'bin' });
     await expectPackError(importAdapterHubFolder(fixture.dir, options), {
-      code: 'PACK_PICKLED_WEIGHTS',
+      code: 'PACK_PICKLE_WEIGHTS',
       file: join(fixture.dir, 'pytorch_adapter.bin'),
       field: '',
       message: [/python -c/, /adapter\.safetensors/],
@@ -922,7 +922,7 @@ describe('AdapterHub bad input', () => {
     await rm(head.head!.weightsPath);
     await writeFile(join(head.dir, 'pytorch_model_head.bin'), 'PK');
     await expectPackError(importAdapterHubFolder(head.dir, options), {
-      code: 'PACK_PICKLED_WEIGHTS',
+      code: 'PACK_PICKLE_WEIGHTS',
       file: join(head.dir, 'pytorch_model_head.bin'),
       field: '',
       message: [/model_head\.safetensors/],

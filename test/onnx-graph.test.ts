@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
@@ -123,5 +126,56 @@ describe('GraphBuilder', () => {
   test('rejects initializers whose data does not fill the shape', () => {
     const g = new GraphBuilder();
     assert.throws(() => g.initializer('w', new Float32Array(5), [2, 3]), /needs 6 values, got 5/);
+  });
+
+  test('writeModel puts large weights in a data file beside the model; ORT loads it from the path', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'graph-external-'));
+    try {
+      const rng = new Random(4);
+      const [n, m] = [64, 48]; // 12 KB of weights: external; the bias (192 B) stays inline
+      const w = rng.normals(n * m);
+      const bias = rng.normals(m);
+      const g = new GraphBuilder();
+      const x = g.input('x', 'float32', ['batch', n]);
+      g.node(
+        'Gemm',
+        [x, g.initializer('w', w, [n, m]), g.initializer('b', bias, [m])],
+        {},
+        {
+          outputs: ['y'],
+        },
+      );
+      g.output('y', 'y', 'float32', ['batch', m]);
+      const path = join(dir, 'model.onnx');
+      const { dataPath } = await g.writeModel(path);
+      assert.equal(dataPath, join(dir, 'model.onnx.data'));
+      assert.deepEqual((await readdir(dir)).sort(), ['model.onnx', 'model.onnx.data']);
+      const model = onnx.ModelProto.decode(await readFile(path));
+      const external = model.graph!.initializer!.filter(
+        (t) => t.dataLocation === onnx.TensorProto.DataLocation.EXTERNAL,
+      );
+      assert.deepEqual(
+        external.map((t) => t.name),
+        ['w'],
+      );
+      assert.equal((await stat(path)).size < 1024, true, 'the weights are not in the protobuf');
+      assert.equal((await stat(dataPath)).size, n * m * 4);
+
+      const session = await ort.InferenceSession.create(path);
+      const input = rng.normals(2 * n);
+      const out = (await session.run({ x: new ort.Tensor('float32', input, [2, n]) })).y!;
+      const expected: number[] = [];
+      for (let b = 0; b < 2; b++) {
+        for (let j = 0; j < m; j++) {
+          let sum = bias[j]!;
+          for (let i = 0; i < n; i++) sum += input[b * n + i]! * w[i * m + j]!;
+          expected.push(sum);
+        }
+      }
+      close(out.data as Float32Array, expected, 1e-4);
+      await session.release();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

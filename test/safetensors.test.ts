@@ -9,6 +9,7 @@ import {
   encodeSafetensors,
   readSafetensors,
   readSafetensorsContents,
+  SafetensorsFile,
   writeSafetensors,
 } from '../src/pack/safetensors.js';
 
@@ -279,5 +280,94 @@ describe('safetensors', () => {
         assert.ok(error instanceof PackError, `trial ${trial}: ${String(error)}`);
       }
     }
+  });
+});
+
+describe('safetensors F16 and BF16', () => {
+  test('are widened to float32 exactly, with their dtype reported, when allowed', () => {
+    // Values every format holds exactly, plus ones that must round (to nearest even).
+    const values = [0, -0, 1, -2.5, 0.5, 65504, 2 ** -24, 3 * 2 ** -25, 1 / 3, 1e5, Number.NaN];
+    const f16Expected = [0, -0, 1, -2.5, 0.5, 65504, 2 ** -24, 2 ** -23, 0.333251953125, Infinity];
+    const bytes = encodeSafetensors({
+      h: { shape: [values.length], data: Float32Array.from(values), dtype: 'F16' },
+      b: { shape: [values.length], data: Float32Array.from(values), dtype: 'BF16' },
+    });
+    const tensors = decodeSafetensors(bytes, 'x.safetensors', {
+      floatDtypes: ['F32', 'F16', 'BF16'],
+    }).tensors;
+    const h = tensors.get('h')!;
+    assert.equal(h.dtype, 'F16');
+    assert.deepEqual(Array.from(h.data.subarray(0, f16Expected.length)), f16Expected);
+    assert.ok(Number.isNaN(h.data[values.length - 1]!));
+    assert.ok(Object.is(h.data[1], -0));
+    const b = tensors.get('b')!;
+    assert.equal(b.dtype, 'BF16');
+    // BF16 keeps 8 mantissa bits: 1/3 -> 0.333984375, 65504 -> 65536, 1e5 -> 99840.
+    assert.deepEqual(Array.from(b.data.subarray(0, 10)), [
+      0,
+      -0,
+      1,
+      -2.5,
+      0.5,
+      65536,
+      2 ** -24,
+      3 * 2 ** -25,
+      0.333984375,
+      99840,
+    ]);
+    assert.ok(Number.isNaN(b.data[values.length - 1]!));
+  });
+
+  test('are refused (naming the tensor) where only F32 is allowed', () => {
+    const bytes = encodeSafetensors({
+      a: { shape: [1], data: Float32Array.of(1) },
+      w: { shape: [2], data: Float32Array.of(1, 2), dtype: 'BF16' },
+    });
+    expectPackError(
+      () => decodeSafetensors(bytes, 'x.safetensors'),
+      'PACK_UNSUPPORTED_DTYPE',
+      'w',
+      /dtype BF16 is not supported; store this tensor as F32/,
+    );
+  });
+});
+
+describe('SafetensorsFile (header first, one tensor at a time)', () => {
+  test('reads single tensors by name from disk, any dtype allowed', async () => {
+    const path = join(dir, 'lazy.safetensors');
+    const w = Float32Array.from({ length: 12 }, (_, i) => (i - 6) / 4);
+    await writeSafetensors(path, {
+      ids: { shape: [3], data: Float32Array.of(0, 1, 2) },
+      w: { shape: [3, 4], data: w, dtype: 'F16' },
+    });
+    const file = await SafetensorsFile.open(path);
+    assert.deepEqual([...file.entries.keys()], ['ids', 'w']);
+    assert.deepEqual(file.entries.get('w')!.shape, [3, 4]);
+    const read = await file.read('w', ['F32', 'F16']);
+    assert.deepEqual(Array.from(read.data), Array.from(w)); // quarters are exact in F16
+    await assert.rejects(file.read('w'), (error: unknown) => {
+      assert.ok(error instanceof PackError);
+      assert.equal(error.code, 'PACK_UNSUPPORTED_DTYPE');
+      assert.equal(error.field, 'w');
+      return true;
+    });
+    await assert.rejects(file.read('nope'), { code: 'PACK_MISSING_TENSOR' });
+  });
+
+  test('checks the header against the file size on open', async () => {
+    const path = join(dir, 'lazy-truncated.safetensors');
+    const bytes = encodeSafetensors({ w: { shape: [4], data: Float32Array.of(1, 2, 3, 4) } });
+    await writeFile(path, bytes.subarray(0, bytes.byteLength - 4));
+    await assert.rejects(SafetensorsFile.open(path), (error: unknown) => {
+      assert.ok(error instanceof PackError);
+      assert.equal(error.code, 'PACK_CORRUPT_FILE');
+      assert.equal(error.file, path);
+      assert.equal(error.field, 'w');
+      assert.match(error.message, /truncated/);
+      return true;
+    });
+    await assert.rejects(SafetensorsFile.open(join(dir, 'absent.safetensors')), {
+      code: 'PACK_FILE_MISSING',
+    });
   });
 });

@@ -26,7 +26,7 @@
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { TextTokenizer } from '../inference/tokenizer.js';
-import { buildEncoder } from '../onnx/encoder.js';
+import { randomEncoderModel } from '../onnx/random-encoder.js';
 import { writeAdapterFolder } from '../pack/fixture.js';
 import {
   FORMAT_VERSION,
@@ -347,7 +347,7 @@ export async function buildDemoPack(
   lap('tokenizer', `${vocab.length} WordPiece tokens; ${tokens} tokens to encode`);
 
   // 3. Backbone, frozen: full states of the article sentences, pooled states of the gate's text.
-  const backbone = buildEncoder({ ...config.backbone, vocabSize: vocab.length, seed });
+  const backbone = randomEncoderModel({ ...config.backbone, vocabSize: vocab.length, seed });
   await writeFile(join(dir, 'backbone.onnx'), backbone);
   const runner = await BackboneRunner.create(backbone, d, config.threads);
   let states: Float32Array[];

@@ -13,6 +13,8 @@
  * holds for ReduceMean/ReduceMax/...; the helpers below take care of that.
  */
 
+import { open, rename, rm } from 'node:fs/promises';
+import { basename } from 'node:path';
 import type { onnx as OnnxTypes } from 'onnx-proto';
 import onnxProto from 'onnx-proto';
 
@@ -136,6 +138,19 @@ export interface ModelOptions {
   graphName?: string;
   docString?: string;
 }
+
+export interface ExternalDataOptions {
+  /** The data file's name, beside the model. Default: the model file's name + '.data'. */
+  dataFile?: string;
+  /** Initializers of at least this many bytes go to the data file; smaller stay inline. Default 1024. */
+  threshold?: number;
+}
+
+/**
+ * Offsets in the data file are multiples of this: onnxruntime memory-maps external data whose
+ * offset is page aligned instead of reading it into a buffer.
+ */
+const EXTERNAL_DATA_ALIGNMENT = 4096;
 
 export class GraphBuilder {
   private readonly nodes: OnnxTypes.INodeProto[] = [];
@@ -340,8 +355,74 @@ export class GraphBuilder {
     };
   }
 
-  /** Serializes the model: ModelProto bytes. */
+  /** Serializes the model: ModelProto bytes, every weight inline. */
   toModel(options: ModelOptions = {}): Uint8Array {
+    return this.encode(this.toGraph(options.graphName), options);
+  }
+
+  /**
+   * Writes the model to `path` with its large initializers in a separate data file beside it
+   * (ONNX external data: `location`, `offset`, `length` relative to the model's folder), so that
+   * models past protobuf's 2 GB limit can be written, and onnxruntime maps the weights instead of
+   * parsing them out of the protobuf. A session must then be created from the path, not bytes.
+   * Both files are written under temporary names and renamed into place: a reader sees the old
+   * files or the new ones, never half of them. Returns the data file's path.
+   */
+  async writeModel(
+    path: string,
+    options: ModelOptions & ExternalDataOptions = {},
+  ): Promise<{ modelPath: string; dataPath: string }> {
+    const dataFile = options.dataFile ?? `${basename(path)}.data`;
+    const dataPath = path.slice(0, path.length - basename(path).length) + dataFile;
+    const threshold = options.threshold ?? 1024;
+    const temp = `.${process.pid}.tmp`;
+    const handle = await open(dataPath + temp, 'w');
+    const initializer: OnnxTypes.ITensorProto[] = [];
+    try {
+      let offset = 0;
+      for (const tensor of this.initializers) {
+        const raw = tensor.rawData as Uint8Array;
+        if (raw.byteLength < threshold) {
+          initializer.push(tensor);
+          continue;
+        }
+        offset = Math.ceil(offset / EXTERNAL_DATA_ALIGNMENT) * EXTERNAL_DATA_ALIGNMENT;
+        await handle.write(raw, 0, raw.byteLength, offset);
+        initializer.push({
+          name: tensor.name,
+          dims: tensor.dims,
+          dataType: tensor.dataType,
+          dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+          externalData: [
+            { key: 'location', value: dataFile },
+            { key: 'offset', value: String(offset) },
+            { key: 'length', value: String(raw.byteLength) },
+          ],
+        });
+        offset += raw.byteLength;
+      }
+    } finally {
+      await handle.close();
+    }
+    const bytes = this.encode({ ...this.toGraph(options.graphName), initializer }, options);
+    const model = await open(path + temp, 'w');
+    try {
+      await model.writeFile(bytes);
+    } finally {
+      await model.close();
+    }
+    try {
+      await rename(dataPath + temp, dataPath);
+      await rename(path + temp, path);
+    } catch (error) {
+      await rm(dataPath + temp, { force: true });
+      await rm(path + temp, { force: true });
+      throw error;
+    }
+    return { modelPath: path, dataPath };
+  }
+
+  private encode(graph: OnnxTypes.IGraphProto, options: ModelOptions): Uint8Array {
     const opset = options.opset ?? DEFAULT_OPSET;
     const opsetImport: OnnxTypes.IOperatorSetIdProto[] = [{ domain: '', version: opset }];
     for (const [domain, version] of this.domains) opsetImport.push({ domain, version });
@@ -351,7 +432,7 @@ export class GraphBuilder {
       producerVersion: '0.1.0',
       docString: options.docString ?? '',
       opsetImport,
-      graph: this.toGraph(options.graphName),
+      graph,
     });
     return onnx.ModelProto.encode(model).finish();
   }

@@ -39,6 +39,25 @@ export const PACK_ERROR_CODES = [
   /** adapter_config.json is not valid JSON, does not match its schema, or disagrees with the pack. */
   'PACK_INVALID_ADAPTER',
   /**
+   * A Hugging Face JSON file (config.json, tokenizer_config.json, special_tokens_map.json,
+   * modules.json, 1_Pooling/config.json, sentence_bert_config.json, the safetensors index) is not
+   * valid JSON, or one of its fields has a value that cannot be.
+   */
+  'PACK_INVALID_CONFIG',
+  /**
+   * A valid model this server does not run: its model_type, hidden_act, position embedding type,
+   * pooling mode or sentence-transformers module, or in-layer adapters on an ONNX backbone.
+   */
+  'PACK_UNSUPPORTED_MODEL',
+  /**
+   * A model or adapter folder has only pickled PyTorch weights (pytorch_model.bin,
+   * adapter_model.bin, pytorch_adapter.bin); safetensors are required, and the message gives the
+   * conversion command.
+   */
+  'PACK_PICKLE_WEIGHTS',
+  /** The tokenizer produces ids beyond the backbone's embedding table. */
+  'PACK_VOCAB_MISMATCH',
+  /**
    * An imported adapter (PEFT, AdapterHub) uses an option or value this server does not run
    * (DoRA, gating, PHM layers, parallel adapters, a LoRA bias...): the field and its value are named.
    */
@@ -48,8 +67,6 @@ export const PACK_ERROR_CODES = [
    * modules differ from the backbone's; the message names the field and both values.
    */
   'PACK_BACKBONE_MISMATCH',
-  /** Weights only as a pickled PyTorch `.bin`; the message gives the one-line conversion command. */
-  'PACK_PICKLED_WEIGHTS',
   /** An adapter folder that is none of the formats we import (moe-serve, PEFT, AdapterHub). */
   'PACK_UNKNOWN_FORMAT',
 ] as const;

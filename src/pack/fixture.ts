@@ -7,7 +7,7 @@
 
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { buildEncoder } from '../onnx/encoder.js';
+import { randomEncoderModel } from '../onnx/random-encoder.js';
 import { Random } from '../util/random.js';
 import {
   ADAPTER_CONFIG_FILE,
@@ -166,7 +166,7 @@ export async function buildFixturePack(
     join(dir, 'tokenizer.json'),
     wordPieceTokenizerJson(vocab, { lowercase: true, maxLength }),
   );
-  const backbone = buildEncoder({
+  const backbone = randomEncoderModel({
     vocabSize: vocab.length,
     hiddenSize: d,
     layers: options.layers ?? 2,

@@ -67,7 +67,7 @@ export function asObject(value: unknown, file: string, field: string): Record<st
 
 /**
  * The weights file of a folder: `safeName` when it exists. When only the pickled `pickleName`
- * exists, a PACK_PICKLED_WEIGHTS error with the one-line conversion (python with torch and
+ * exists, a PACK_PICKLE_WEIGHTS error with the one-line conversion (python with torch and
  * safetensors; `.float()` widens half-precision weights, `.clone()` unties shared tensors, which
  * safetensors refuses to save); when neither exists, PACK_FILE_MISSING.
  */
@@ -82,7 +82,7 @@ export async function weightsFile(
   const pickle = join(dir, pickleName);
   if (await isFile(pickle)) {
     throw new PackError(
-      'PACK_PICKLED_WEIGHTS',
+      'PACK_PICKLE_WEIGHTS',
       pickle,
       '',
       `${what}'s weights are a pickled PyTorch file, which this server does not read (unpickling runs code); convert it beside itself with: ${conversionCommand(pickle, safe)}`,
