@@ -19,6 +19,7 @@ import {
   detectAdapterFormat,
   importAdapterFolder,
   importPeftFolder,
+  readBaseModelParts,
 } from '../src/adapters/import/index.js';
 import type { EncoderConfig, EncoderFamily } from '../src/pack/encoder-types.js';
 import { PackError, type PackErrorCode } from '../src/pack/errors.js';
@@ -35,6 +36,7 @@ import {
   writeAdapterHubFolder,
   writePeftLoraFolder,
 } from './support/adapter-fixtures.js';
+import { writeHfFolder } from './support/hf-folder.js';
 
 const root = await mkdtemp(join(tmpdir(), 'adapter-import-'));
 after(() => rm(root, { recursive: true, force: true }));
@@ -207,6 +209,18 @@ describe('PEFT LoRA folders', () => {
       await importPeftFolder(a.dir, options),
     );
   });
+
+  for (const dtype of ['F16', 'BF16'] as const) {
+    test(`weights saved in ${dtype} are widened exactly`, async () => {
+      const fixture = await writePeftLoraFolder(folder(), { backbone: shapeOf(bert), dtype });
+      const adapter = await importPeftFolder(fixture.dir, options);
+      for (const m of adapter.modules) {
+        const saved = fixture.modules.find((f) => f.layer === m.layer && f.module === m.module)!;
+        assert.deepEqual(m.a, saved.a);
+        assert.deepEqual(m.b, saved.b);
+      }
+    });
+  }
 
   test('use_rslora scales by alpha / sqrt(r)', async () => {
     const fixture = await writePeftLoraFolder(folder(), {
@@ -1133,6 +1147,39 @@ describe('format detection and import', () => {
       file: join(ours, 'adapter_config.json'),
       field: '/id',
     });
+  });
+
+  test("a head's base model parts read from a Hugging Face folder (pooler, id2label)", async () => {
+    const tiny = backbone('bert', { hiddenSize: 16, intermediateSize: 24, layers: 2 });
+    for (const prefix of [false, true]) {
+      const hf = await writeHfFolder(folder(), {
+        family: 'bert',
+        hiddenSize: 16,
+        layers: 2,
+        intermediateSize: 24,
+        prefix,
+        dtype: 'F16',
+      });
+      const base = await readBaseModelParts(hf.dir);
+      const pooler = `${prefix ? 'bert.' : ''}pooler.dense`;
+      assert.deepEqual([...base.tensors!.keys()].sort(), [`${pooler}.bias`, `${pooler}.weight`]);
+      assert.deepEqual(
+        base.tensors!.get(`${pooler}.weight`)!.data,
+        hf.tensors.get(`${pooler}.weight`)!.data,
+      );
+      assert.equal(base.configFile, join(hf.dir, 'config.json'));
+      const peft = await writePeftLoraFolder(folder(), {
+        backbone: shapeOf(tiny),
+        head: { numLabels: 2 },
+      });
+      const { adapter } = await importAdapterFolder(peft.dir, { ...options, backbone: tiny, base });
+      assert.ok('kind' in adapter && adapter.kind === 'lora');
+      const hidden = adapter.head!.hidden!.weight.data; // [in,out], the pooler's transpose
+      const saved = hf.tensors.get(`${pooler}.weight`)!.data; // [out,in]
+      for (let i = 0; i < 16; i++) {
+        for (let j = 0; j < 16; j++) assert.equal(hidden[i * 16 + j], saved[j * 16 + i]);
+      }
+    }
   });
 
   test('an unknown config, or none', async () => {

@@ -13,6 +13,7 @@ import { after, describe, test } from 'node:test';
 import { importAdapterHubFolder } from '../src/adapters/import/adapterhub.js';
 import { importPeftFolder } from '../src/adapters/import/peft.js';
 import type { EncoderConfig } from '../src/pack/encoder-types.js';
+import { parseHfConfig } from '../src/pack/hf-model.js';
 import type {
   BottleneckBlockWeights,
   BottleneckLayerAdapter,
@@ -21,7 +22,11 @@ import type {
   LoraModuleWeights,
 } from '../src/pack/layer-adapter-types.js';
 import { Random } from '../src/util/random.js';
-import { writeAdapterHubFolder, writePeftLoraFolder } from './support/adapter-fixtures.js';
+import {
+  PEFT_LINEAR_PATHS,
+  writeAdapterHubFolder,
+  writePeftLoraFolder,
+} from './support/adapter-fixtures.js';
 import {
   adapterHubAverageBlock,
   type BlockInputs,
@@ -35,6 +40,8 @@ import {
   peftCatMerge,
   plainBlock,
 } from './support/adapter-reference.js';
+import { hfEncoderReference } from './support/encoder-reference.js';
+import { writeHfFolder } from './support/hf-folder.js';
 
 const root = await mkdtemp(join(tmpdir(), 'adapter-reference-'));
 after(() => rm(root, { recursive: true, force: true }));
@@ -182,10 +189,9 @@ function tiny(placement: Partial<BottleneckPlacement>, id = 'tiny'): BottleneckL
 
 /** hidden (1, 2), input (0.5, -1), and a stand-in "LayerNorm" x -> 2x that shows where it runs. */
 const handInputs: BlockInputs = {
-  hidden: [1, 2],
-  input: [0.5, -1],
-  layerNorm: (x) => Float64Array.from(x, (v) => 2 * v),
-  width: 2,
+  hidden: Float64Array.from([1, 2]),
+  input: Float64Array.from([0.5, -1]),
+  layerNorm: (x) => x.map((v) => 2 * v),
 };
 
 describe('bottleneck placement by hand', () => {
@@ -290,7 +296,6 @@ describe('bottleneck adapters imported from AdapterHub folders', () => {
     hidden: Float64Array.from(random.normals(rows * 16)),
     input: Float64Array.from(random.normals(rows * 16)),
     layerNorm: (x) => layerNorm64(x, 16, gamma, beta, 1e-12),
-    width: 16,
   });
 
   test("up(h) with ln_before and channel scaling equals the library's forward on the saved tensors", async () => {
@@ -376,7 +381,6 @@ describe('bottleneck adapters imported from AdapterHub folders', () => {
 describe('hooks: per-item routing in one batch', () => {
   test('each item gets its own adapters at the linear modules and at the blocks', () => {
     const d = 2;
-    const seq = 2;
     const a: LoraAdapter = {
       kind: 'lora',
       id: 'a',
@@ -399,9 +403,7 @@ describe('hooks: per-item routing in one batch', () => {
       id: 'b',
       modules: [
         {
-          layer: 0,
-          module: 'value',
-          rank: 1,
+          ...a.modules[0]!,
           scaling: 1,
           a: Float32Array.from([0, 1]),
           b: Float32Array.from([1, 1]),
@@ -409,41 +411,195 @@ describe('hooks: per-item routing in one batch', () => {
       ],
     };
     const houlsby = tiny({ originalLnBefore: false });
-    // Item 0: task a, language houlsby. Item 1: task a/b 0.5/0.5, no language adapter.
-    const hooks = layerAdapterHooks(
+    // Item 0: language houlsby, task a. Item 1: no language adapter, task a/b 0.5/0.5.
+    const hooks = layerAdapterHooks([
+      [[{ adapter: houlsby, weight: 1 }], []],
       [
-        [[{ adapter: houlsby, weight: 1 }], []],
+        [{ adapter: a, weight: 1 }],
         [
-          [{ adapter: a, weight: 1 }],
-          [
-            { adapter: a, weight: 0.5 },
-            { adapter: b, weight: 0.5 },
-          ],
+          { adapter: a, weight: 0.5 },
+          { adapter: b, weight: 0.5 },
         ],
       ],
-      seq,
-    );
-    const input = Float64Array.from([1, 2, 3, 4, 5, 6, 7, 8]); // [N=4, 2]
-    const output = new Float64Array(8);
-    const value = hooks.linear({ layer: 0, module: 'value', input, output, inSize: 2, outSize: 2 });
+    ]);
+    const value = (item: number, input: number[]) =>
+      hooks.linear!({
+        layer: 0,
+        module: 'value',
+        input: Float64Array.from(input),
+        output: new Float64Array(input.length),
+        inSize: 2,
+        outSize: 2,
+        item,
+      });
     // a: delta = 2 * (0, x0); b: delta = (x1, x1).
-    assertClose(value, [0, 2, 0, 6, 0.5 * 6, 0.5 * 10 + 0.5 * 6, 0.5 * 8, 0.5 * 14 + 0.5 * 8]);
-    // Query has no LoRA in either adapter; layer 1 neither.
-    assertClose(
-      hooks.linear({ layer: 0, module: 'query', input, output, inSize: 2, outSize: 2 }),
-      output,
-    );
-    const hidden = Float64Array.from([1, 2, 1, 2, 1, 2, 1, 2]);
-    const residual = Float64Array.from([0.5, -1, 0.5, -1, 0.5, -1, 0.5, -1]);
-    const block = hooks.block({
+    assertClose(value(0, [1, 2, 3, 4]), [0, 2, 0, 6]);
+    assertClose(value(1, [5, 6, 7, 8]), [3, 8, 4, 11]);
+    // Query has no LoRA in either adapter.
+    const query = hooks.linear!({
       layer: 0,
-      block: 'ffn',
-      hidden,
-      residual,
-      layerNorm: (x) => Float64Array.from(x, (v) => 2 * v),
-      width: d,
+      module: 'query',
+      input: Float64Array.from([5, 6]),
+      output: Float64Array.from([1, 1]),
+      inSize: 2,
+      outSize: 2,
+      item: 1,
     });
-    // Item 0 rows: the hand case (9, 2); item 1 rows: the plain block LN((1.5, 1)) = (3, 2).
-    assertClose(block, [9, 2, 9, 2, 3, 2, 3, 2]);
+    assertClose(query, [1, 1]);
+    const block = (item: number) =>
+      hooks.block!({
+        layer: 0,
+        block: 'ffn',
+        hidden: Float64Array.from([1, 2, 1, 2]),
+        residual: Float64Array.from([0.5, -1, 0.5, -1]),
+        layerNorm: (x) => x.map((v) => 2 * v),
+        item,
+      });
+    // Item 0: the hand case (9, 2) per row; item 1: the plain block LN((1.5, 1)) = (3, 2).
+    assertClose(block(0), [9, 2, 9, 2]);
+    assertClose(block(1), [3, 2, 3, 2]);
   });
 });
+
+describe('through the encoder reference on generated Hugging Face folders', () => {
+  const batch = {
+    ids: [
+      [2, 5, 6, 7, 3],
+      [2, 8, 9, 3, 0],
+    ],
+    mask: [
+      [1, 1, 1, 1, 1],
+      [1, 1, 1, 1, 0],
+    ],
+  };
+  const one = (i: number) => ({ ids: [batch.ids[i]!], mask: [batch.mask[i]!] });
+
+  for (const family of ['bert', 'distilbert'] as const) {
+    test(`${family}: LoRA hooks per item equal the base model with that item's mixture merged into its weights`, async () => {
+      const hf = await writeHfFolder(folder(), {
+        family,
+        hiddenSize: 16,
+        layers: 2,
+        heads: 2,
+        intermediateSize: 24,
+        seed: 3,
+      });
+      const backbone = parseHfConfig(hf.config, 'config.json');
+      const shape = { family, hiddenSize: 16, intermediateSize: 24, layers: 2 };
+      const names = PEFT_LINEAR_PATHS[family === 'distilbert' ? 'distilbert' : 'bert'];
+      const importOne = async (seed: number, targets: string[], useRslora: boolean) => {
+        const fixture = await writePeftLoraFolder(folder(), {
+          backbone: shape,
+          seed,
+          r: 4,
+          loraAlpha: 8,
+          useRslora,
+          targetModules: targets,
+        });
+        return importPeftFolder(fixture.dir, { id: `p${seed}`, group: 'task', backbone });
+      };
+      const a = await importOne(1, [names.query, names.value, names.intermediate], false);
+      const b = await importOne(2, [names.key, names.output, names.value], true);
+      const routing = [
+        [{ adapter: a, weight: 1 }],
+        [
+          { adapter: a, weight: 0.3 },
+          { adapter: b, weight: 0.7 },
+        ],
+      ];
+      const got = hfEncoderReference(hf.config, hf.tensors, batch, layerAdapterHooks([routing]));
+      const plain = hfEncoderReference(hf.config, hf.tensors, batch);
+      const layerList = family === 'distilbert' ? 'transformer.layer' : 'encoder.layer';
+      for (const [item, members] of routing.entries()) {
+        // W' = W + sum_k w_k s_k B_k A_k on every adapted module, by its Hugging Face name.
+        const merged = new Map(hf.tensors);
+        for (const { adapter, weight } of members) {
+          for (const m of adapter.modules) {
+            const name = `${layerList}.${m.layer}.${names[m.module]}.weight`;
+            const w = merged.get(name)!;
+            const [outSize, inSize] = w.shape as [number, number];
+            const data = new Float32Array(w.data);
+            const delta = loraDelta(m, identity(inSize), inSize, outSize); // rows: delta(e_i) = column i
+            for (let o = 0; o < outSize; o++) {
+              for (let i = 0; i < inSize; i++)
+                data[o * inSize + i]! += weight * delta[i * outSize + o]!;
+            }
+            merged.set(name, { shape: w.shape, data });
+          }
+        }
+        const expected = hfEncoderReference(hf.config, merged, one(item))[0]!;
+        assertClose(got[item]!, expected, 1e-5);
+        assert.ok(got[item]!.some((v, i) => Math.abs(v - plain[item]![i]!) > 1e-3));
+      }
+    });
+  }
+
+  test('bottleneck and LoRA groups in one run: a zero bottleneck changes nothing, routing is per item', async () => {
+    const hf = await writeHfFolder(folder(), {
+      family: 'bert',
+      hiddenSize: 16,
+      layers: 2,
+      heads: 2,
+      intermediateSize: 24,
+      seed: 4,
+    });
+    const backbone = parseHfConfig(hf.config, 'config.json');
+    const shape = { family: 'bert' as const, hiddenSize: 16, intermediateSize: 24, layers: 2 };
+    const hub = async (config: 'seq_bn' | 'double_seq_bn', std: number, seed = 1) =>
+      importAdapterHubFolder(
+        (await writeAdapterHubFolder(folder(), { backbone: shape, config, std, seed })).dir,
+        { id: `${config}${std}${seed}`, group: 'language', backbone },
+      );
+    const zero = await hub('double_seq_bn', 0);
+    const pfeiffer = await hub('seq_bn', 0.2, 2);
+    const houlsby = await hub('double_seq_bn', 0.2, 3);
+    const lora = await importPeftFolder(
+      (await writePeftLoraFolder(folder(), { backbone: shape, seed: 5 })).dir,
+      { id: 'l', group: 'task', backbone },
+    );
+    const taskOnly = hfEncoderReference(
+      hf.config,
+      hf.tensors,
+      batch,
+      layerAdapterHooks([[[{ adapter: lora, weight: 1 }], []]]),
+    );
+    const withZero = hfEncoderReference(
+      hf.config,
+      hf.tensors,
+      batch,
+      layerAdapterHooks([
+        [[{ adapter: zero, weight: 1 }], [{ adapter: zero, weight: 1 }]],
+        [[{ adapter: lora, weight: 1 }], []],
+      ]),
+    );
+    assertClose(withZero[0]!, taskOnly[0]!, 1e-12);
+    const plain = hfEncoderReference(hf.config, hf.tensors, batch);
+    assertClose(withZero[1]!, plain[1]!, 1e-12);
+    // Each item's answer is the one it gets alone: the hooks index items, not positions in a batch.
+    const routing = [
+      [{ adapter: pfeiffer, weight: 1 }],
+      [
+        { adapter: houlsby, weight: 0.4 },
+        { adapter: zero, weight: 0.6 },
+      ],
+    ];
+    const together = hfEncoderReference(hf.config, hf.tensors, batch, layerAdapterHooks([routing]));
+    for (const item of [0, 1]) {
+      const alone = hfEncoderReference(
+        hf.config,
+        hf.tensors,
+        one(item),
+        layerAdapterHooks([[routing[item]!]]),
+      )[0]!;
+      assertClose(together[item]!, alone, 1e-12);
+      assert.ok(together[item]!.some((v, i) => Math.abs(v - plain[item]![i]!) > 1e-3));
+    }
+  });
+});
+
+/** The n x n identity as n rows. */
+function identity(n: number): Float64Array {
+  const out = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) out[i * n + i] = 1;
+  return out;
+}

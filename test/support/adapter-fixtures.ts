@@ -36,9 +36,10 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { EncoderFamily, LayerBlock, LinearModule } from '../../src/pack/encoder-types.js';
-import { writeSafetensors } from '../../src/pack/safetensors.js';
+import { type FloatDtype, writeSafetensors } from '../../src/pack/safetensors.js';
 import type { Weight } from '../../src/pack/types.js';
 import { Random } from '../../src/util/random.js';
+import { roundTo } from './hf-folder.js';
 
 /** The model an adapter was trained on (it may differ from the backbone it is imported into). */
 export interface FixtureBackbone {
@@ -207,6 +208,8 @@ export interface PeftFixtureOptions {
   readonly std?: number;
   /** 'bin': only adapter_model.bin. */
   readonly weights?: 'safetensors' | 'bin';
+  /** The dtype the state dict was saved in (default F32); values are rounded to it. */
+  readonly dtype?: FloatDtype;
   /** Keys without base_model.model. (inject_adapter_in_model + get_peft_model_state_dict). */
   readonly noPeftPrefix?: boolean;
   /** Merged over the written config (bad or unsupported values). */
@@ -368,8 +371,9 @@ export async function writePeftLoraFolder(
     const r = patternValue(rankPattern, linear.key, config.r as number);
     const alpha = patternValue(alphaPattern, linear.key, config.lora_alpha as number);
     const scaling = config.use_rslora ? alpha / Math.sqrt(r) : alpha / r;
-    const a = random.normals(r * linear.inSize, std);
-    const b = random.normals(linear.outSize * r, std);
+    const dtype = options.dtype ?? 'F32';
+    const a = random.normals(r * linear.inSize, std).map((x) => roundTo(dtype, x));
+    const b = random.normals(linear.outSize * r, std).map((x) => roundTo(dtype, x));
     tensors.set(`${peftPrefix}${linear.key}.lora_A.weight`, { shape: [r, linear.inSize], data: a });
     tensors.set(`${peftPrefix}${linear.key}.lora_B.weight`, {
       shape: [linear.outSize, r],
@@ -431,7 +435,12 @@ export async function writePeftLoraFolder(
     await writeFile(weightsPath, PICKLE_STAND_IN);
   } else {
     weightsPath = join(dir, 'adapter_model.safetensors');
-    await writeSafetensors(weightsPath, Object.fromEntries(tensors), { format: 'pt' });
+    const dtype = options.dtype ?? 'F32';
+    await writeSafetensors(
+      weightsPath,
+      Object.fromEntries([...tensors].map(([name, t]) => [name, { ...t, dtype }])),
+      { format: 'pt' },
+    );
   }
   return {
     dir,

@@ -39,10 +39,9 @@
  *   pre_forward on the running state (the previous level's out as hidden, the block input
  *   unchanged), mixes, and the last level's post_forward closes the block.
  *
- * Hooks: `layerAdapterHooks` returns callbacks for a float64 encoder reference that calls them
- * at each linear module (after the base projection) and at the end of each block (before the
- * residual add and LayerNorm), with token-major rows [N = B*T, width] as src/onnx/encoder-hooks.ts
- * defines them; item b owns rows b*T .. b*T+T-1.
+ * Hooks: `layerAdapterHooks` returns the callbacks of hfEncoderReference (encoder-reference.ts),
+ * which calls them per item at each linear module (after the base projection) and at the end of
+ * each block (before the residual add and LayerNorm), on that item's T token rows.
  */
 
 import type { LayerBlock, LinearModule } from '../../src/pack/encoder-types.js';
@@ -54,7 +53,7 @@ import type {
   LayerAdapter,
   LoraModuleWeights,
 } from '../../src/pack/layer-adapter-types.js';
-import { gelu } from './encoder-reference.js';
+import { gelu, type ReferenceHooks } from './encoder-reference.js';
 
 // ---------------------------------------------------------------------------------------------
 // Elementwise
@@ -199,16 +198,16 @@ export function peftCatMerge(
 
 /** The block site of one token row (or many): hidden, block input, the block's LayerNorm. */
 export interface BlockInputs {
-  readonly hidden: ArrayLike<number>; // [rows,d] the block's output projection
-  readonly input: ArrayLike<number>; // [rows,d] the block's input (residual)
-  readonly layerNorm: (x: ArrayLike<number>) => Float64Array; // row-wise, any rows
-  readonly width: number; // d
+  readonly hidden: Float64Array; // [T,d] the block's output projection
+  readonly input: Float64Array; // [T,d] the block's input (residual)
+  /** The block's own LayerNorm over [T,d] (the encoder reference's, for one item). */
+  readonly layerNorm: (x: Float64Array) => Float64Array;
 }
 
 /** Adapter.pre_forward: the adapter's input h and its residual. */
 export function bottleneckPreForward(
   placement: BottleneckPlacement,
-  hidden: ArrayLike<number>,
+  hidden: Float64Array,
   inputs: BlockInputs,
 ): { h: Float64Array; residual: Float64Array } {
   let h: Float64Array = Float64Array.from(hidden);
@@ -282,7 +281,7 @@ function mixLevel(
   members: readonly BottleneckMember[],
   layer: number,
   block: LayerBlock,
-  hidden: ArrayLike<number>,
+  hidden: Float64Array,
   inputs: BlockInputs,
 ): { out: Float64Array; placement: BottleneckPlacement } | undefined {
   const present = members.filter((m) => blockOf(m.adapter, layer, block));
@@ -302,7 +301,7 @@ function mixLevel(
       blockOf(m.adapter, layer, block)!,
       m.adapter.placement,
       h,
-      inputs.width,
+      m.adapter.hiddenSize,
     );
     for (let i = 0; i < out.length; i++) out[i]! += m.weight * up[i]!;
   }
@@ -326,7 +325,7 @@ export function bottleneckStackBlock(
   block: LayerBlock,
   inputs: BlockInputs,
 ): Float64Array {
-  let hidden: ArrayLike<number> = inputs.hidden;
+  let hidden: Float64Array = inputs.hidden;
   let last: BottleneckPlacement | undefined;
   for (const members of levels) {
     const level = mixLevel(members, layer, block, hidden, inputs);
@@ -359,7 +358,7 @@ export function adapterHubAverageBlock(
       blockOf(m.adapter, layer, block)!,
       m.adapter.placement,
       h,
-      inputs.width,
+      m.adapter.hiddenSize,
     );
     for (let i = 0; i < out.length; i++)
       out[i]! += (weights[k]! * (up[i]! + residual[i]!)) / members.length;
@@ -368,94 +367,50 @@ export function adapterHubAverageBlock(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Hooks for a float64 encoder reference
-
-export interface ReferenceLinearSite {
-  readonly layer: number;
-  readonly module: LinearModule;
-  readonly input: Float64Array; // [N,in]
-  readonly output: Float64Array; // [N,out] = input W^T + b
-  readonly inSize: number;
-  readonly outSize: number;
-}
-
-export interface ReferenceBlockSite {
-  readonly layer: number;
-  readonly block: LayerBlock;
-  readonly hidden: Float64Array; // [N,d] the block's output projection
-  readonly residual: Float64Array; // [N,d] the block's input
-  /** The block's own LayerNorm, row-wise over any number of rows. */
-  readonly layerNorm: (x: ArrayLike<number>) => Float64Array;
-  readonly width: number;
-}
-
-export interface ReferenceHooks {
-  linear?(site: ReferenceLinearSite): Float64Array;
-  block?(site: ReferenceBlockSite): Float64Array;
-}
+// Hooks for the float64 encoder reference (test/support/encoder-reference.ts)
 
 /** One item's members in one group: which adapters, with which weights (summing to 1). */
 export type ItemRouting = readonly { readonly adapter: LayerAdapter; readonly weight: number }[];
 
 /**
- * Hooks applying in-layer adapter groups, in composition order: `groups[g][b]` routes item b in
- * group g. `seq` is T, the rows per item.
+ * Hooks for hfEncoderReference applying in-layer adapter groups in composition order:
+ * `groups[g][b]` routes item b in group g (an empty list: the item uses no adapter of that group).
+ * LoRA members act at the linear modules, bottleneck members at the blocks.
  */
-export function layerAdapterHooks(
-  groups: readonly (readonly ItemRouting[])[],
-  seq: number,
-): Required<ReferenceHooks> {
+export function layerAdapterHooks(groups: readonly (readonly ItemRouting[])[]): ReferenceHooks {
   return {
     linear(site) {
-      const out = Float64Array.from(site.output);
-      const rows = site.output.length / site.outSize;
-      for (let row = 0; row < rows; row++) {
-        const item = Math.floor(row / seq);
-        const x = site.input.subarray(row * site.inSize, (row + 1) * site.inSize);
-        const y = out.subarray(row * site.outSize, (row + 1) * site.outSize);
-        for (const group of groups) {
-          const members = (group[item] ?? []).flatMap(({ adapter, weight }) =>
-            adapter.kind === 'lora'
-              ? [
-                  {
-                    weight,
-                    module: adapter.modules.find(
-                      (m) => m.layer === site.layer && m.module === site.module,
-                    ),
-                  },
-                ]
-              : [],
-          );
-          y.set(loraMix(y, x, site.inSize, site.outSize, members));
-        }
+      let y: Float64Array = site.output;
+      for (const group of groups) {
+        const members = (group[site.item] ?? []).flatMap(({ adapter, weight }) =>
+          adapter.kind === 'lora'
+            ? [
+                {
+                  weight,
+                  module: adapter.modules.find(
+                    (m) => m.layer === site.layer && m.module === site.module,
+                  ),
+                },
+              ]
+            : [],
+        );
+        if (members.length > 0) y = loraMix(y, site.input, site.inSize, site.outSize, members);
       }
-      return out;
+      return y;
     },
     block(site) {
-      const d = site.width;
-      const rows = site.hidden.length / d;
-      const out = new Float64Array(site.hidden.length);
-      for (let row = 0; row < rows; row++) {
-        const item = Math.floor(row / seq);
-        const slice = (x: Float64Array) => x.subarray(row * d, (row + 1) * d);
-        const levels = groups
-          .map((group) =>
-            (group[item] ?? []).flatMap(({ adapter, weight }) =>
-              adapter.kind === 'bottleneck-layers' ? [{ adapter, weight }] : [],
-            ),
-          )
-          .filter((members) => members.length > 0);
-        out.set(
-          bottleneckStackBlock(levels, site.layer, site.block, {
-            hidden: slice(site.hidden),
-            input: slice(site.residual),
-            layerNorm: site.layerNorm,
-            width: d,
-          }),
-          row * d,
-        );
-      }
-      return out;
+      const levels = groups
+        .map((group) =>
+          (group[site.item] ?? []).flatMap(({ adapter, weight }) =>
+            adapter.kind === 'bottleneck-layers' ? [{ adapter, weight }] : [],
+          ),
+        )
+        .filter((members) => members.length > 0);
+      return bottleneckStackBlock(levels, site.layer, site.block, {
+        hidden: site.hidden,
+        input: site.residual,
+        layerNorm: site.layerNorm,
+      });
     },
   };
 }

@@ -63,6 +63,7 @@ import type {
 import { readSafetensors } from '../../pack/safetensors.js';
 import type { Activation, Head, Weight } from '../../pack/types.js';
 import {
+  ADAPTER_FLOAT_DTYPES,
   asObject,
   type BaseModelParts,
   ConfigFields,
@@ -183,7 +184,7 @@ export async function importAdapterHubFolder(
     ADAPTERHUB_PICKLE_FILE,
     'the AdapterHub adapter',
   );
-  const tensors = await readSafetensors(weightsPath);
+  const tensors = await readSafetensors(weightsPath, { floatDtypes: ADAPTER_FLOAT_DTYPES });
   const blocks = readBlocks(config, layout, backbone, tensors, configPath, weightsPath);
   const d = backbone.hiddenSize;
   const head = await readAdapterHubHead(dir, options, layout);
@@ -649,7 +650,7 @@ async function readAdapterHubHead(
     ADAPTERHUB_HEAD_PICKLE_FILE,
     'the AdapterHub head',
   );
-  const tensors = await readSafetensors(weightsPath);
+  const tensors = await readSafetensors(weightsPath, { floatDtypes: ADAPTER_FLOAT_DTYPES });
   const d = options.backbone.hiddenSize;
   const top = new ConfigFields(document, configPath);
   const headConfig = document.config;

@@ -18,10 +18,17 @@ import type {
   LinearModule,
 } from '../../pack/encoder-types.js';
 import { PackError, type PackErrorCode } from '../../pack/errors.js';
+import type { FloatDtype } from '../../pack/safetensors.js';
 import type { Activation, Head, Weight } from '../../pack/types.js';
 
 // ---------------------------------------------------------------------------------------------
 // Files
+
+/**
+ * Adapter weights may be saved in the model's dtype (PEFT and the adapters library save the
+ * state dict as trained): F16 and BF16 are widened to float32 on read, exactly.
+ */
+export const ADAPTER_FLOAT_DTYPES: readonly FloatDtype[] = ['F32', 'F16', 'BF16'];
 
 /** True when `path` is a regular file. */
 export async function isFile(path: string): Promise<boolean> {

@@ -19,12 +19,14 @@
 import { join } from 'node:path';
 import type { EncoderConfig } from '../../pack/encoder-types.js';
 import { PackError } from '../../pack/errors.js';
+import { inspectHfFolder } from '../../pack/hf-model.js';
 import type { BottleneckLayerAdapter, LoraAdapter } from '../../pack/layer-adapter-types.js';
 import { loadAdapterFolder } from '../../pack/load.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_FORMAT } from '../../pack/manifest.js';
-import type { BottleneckAdapter } from '../../pack/types.js';
+import { SafetensorsFile } from '../../pack/safetensors.js';
+import type { BottleneckAdapter, Weight } from '../../pack/types.js';
 import { importAdapterHubFolder } from './adapterhub.js';
-import { type BaseModelParts, isFile, readJsonFile } from './common.js';
+import { ADAPTER_FLOAT_DTYPES, type BaseModelParts, isFile, readJsonFile } from './common.js';
 import { importPeftFolder } from './peft.js';
 
 export { importAdapterHubFolder } from './adapterhub.js';
@@ -101,4 +103,31 @@ export async function importAdapterFolder(
     case 'adapterhub':
       return { format, adapter: await importAdapterHubFolder(dir, options) };
   }
+}
+
+/**
+ * What an adapter's head needs from the base model's Hugging Face folder (BaseModelParts): its
+ * config.json (id2label) and, from its safetensors (single or sharded, F32/F16/BF16), BERT's pooler
+ * and DistilBERT's pre_classifier where the checkpoint has them, under their saved names. The
+ * rest of the checkpoint is not read.
+ */
+export async function readBaseModelParts(folder: string): Promise<BaseModelParts> {
+  const info = await inspectHfFolder(folder);
+  const tensors = new Map<string, Weight>();
+  let weightsFile = info.weightFiles[0];
+  for (const path of info.weightFiles) {
+    const file = await SafetensorsFile.open(path);
+    for (const name of file.entries.keys()) {
+      if (/(^|\.)(pooler\.dense|pre_classifier)\.(weight|bias)$/.test(name)) {
+        tensors.set(name, await file.read(name, ADAPTER_FLOAT_DTYPES));
+        weightsFile = path;
+      }
+    }
+  }
+  return {
+    config: await readJsonFile(info.configPath, 'PACK_INVALID_CONFIG'),
+    configFile: info.configPath,
+    tensors,
+    ...(weightsFile === undefined ? {} : { weightsFile }),
+  };
 }

@@ -45,6 +45,7 @@ import type { LoraAdapter, LoraModuleWeights } from '../../pack/layer-adapter-ty
 import { readSafetensors } from '../../pack/safetensors.js';
 import type { Head, Weight } from '../../pack/types.js';
 import {
+  ADAPTER_FLOAT_DTYPES,
   asObject,
   type BaseModelParts,
   ConfigFields,
@@ -124,7 +125,7 @@ export async function importPeftFolder(
     PEFT_PICKLE_FILE,
     'the PEFT adapter',
   );
-  const tensors = await readSafetensors(weightsPath);
+  const tensors = await readSafetensors(weightsPath, { floatDtypes: ADAPTER_FLOAT_DTYPES });
 
   // Sort the tensors: LoRA pairs by module key, everything else (modules_to_save) by its key.
   const pairs = new Map<string, { a?: NamedTensor; b?: NamedTensor }>();
