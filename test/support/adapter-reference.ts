@@ -44,7 +44,7 @@
  * each block (before the residual add and LayerNorm), on that item's T token rows.
  */
 
-import type { LayerBlock, LinearModule } from '../../src/pack/encoder-types.js';
+import type { LayerBlock } from '../../src/pack/encoder-types.js';
 import type {
   BottleneckActivation,
   BottleneckBlockWeights,
