@@ -581,6 +581,17 @@ describe('PEFT bad input', () => {
     });
   }
 
+  test('an adapter of the pooler alone adapts nothing served', async () => {
+    const fixture = await make({ targetModules: ['pooler.dense'] });
+    assert.ok(fixture.pooler);
+    await expectPackError(importPeftFolder(fixture.dir, options), {
+      code: 'PACK_INVALID_ADAPTER',
+      file: fixture.weightsPath,
+      field: '',
+      message: [/adapts no module of the encoder's layers/, /pooler\.dense/],
+    });
+  });
+
   test('config and weights disagree: rank, selection, a missing half, a missing module', async () => {
     const rank = await make({ r: 4 });
     await editJson(rank.configPath, (c) => {

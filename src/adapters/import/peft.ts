@@ -235,9 +235,15 @@ export async function importPeftFolder(
     );
     modules.push({ layer: path.layer, module, rank: r, scaling, a: checked.a, b: checked.b });
   }
-  if (prefixed !== undefined) {
-    checkSelection(config, layout, backbone, prefixed, modules, configPath, weightsPath);
+  if (prefixed === undefined) {
+    throw new PackError(
+      'PACK_INVALID_ADAPTER',
+      weightsPath,
+      '',
+      `adapts no module of the encoder's layers (only ${[...pairs.keys()].join(', ')}); target_modules is ${describe(config.targetModules)}`,
+    );
   }
+  checkSelection(config, layout, backbone, prefixed, modules, configPath, weightsPath);
   modules.sort(
     (x, y) =>
       x.layer - y.layer || LINEAR_MODULES.indexOf(x.module) - LINEAR_MODULES.indexOf(y.module),
