@@ -75,6 +75,11 @@ export const VARIABLES = {
     parse: text,
     doc: 'Model pack folder. The default demo pack is built there on first start when missing.',
   },
+  BACKBONE_CACHE_DIR: {
+    default: undefined,
+    parse: text,
+    doc: 'Where the graph built from a Hugging Face backbone folder is cached (one subfolder per pack and content digest). Unset: inside the pack, <pack>/.cache/backbone. Set it when the pack is on read-only storage.',
+  },
   ENGINE_WORKERS: {
     default: Math.max(1, Math.floor(cores / 2)),
     parse: int(1, 64),
@@ -278,6 +283,9 @@ export function modelOptions(config: Config, packDir: string): ModelOptions {
   return {
     packDir,
     truncation: config.TRUNCATION,
+    ...(config.BACKBONE_CACHE_DIR === undefined
+      ? {}
+      : { backboneCacheDir: config.BACKBONE_CACHE_DIR }),
     engine: {
       workers: config.ENGINE_WORKERS,
       ...(config.ENGINE_THREADS === undefined ? {} : { intraOpThreads: config.ENGINE_THREADS }),

@@ -45,7 +45,8 @@ interface Served {
 async function serve(pack: LoadedPack, texts: readonly string[]): Promise<Served> {
   const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
   const ids = texts.map((t) => tokenizer.encode(t, 'truncate').ids);
-  const runner = await BackboneRunner.create(pack.backbonePath, pack.hiddenSize, 2);
+  if (pack.backbone.kind !== 'onnx') throw new Error('the demo pack has an ONNX file backbone');
+  const runner = await BackboneRunner.create(pack.backbone.path, pack.hiddenSize, 2);
   const states = await runner.states(ids).finally(() => runner.release());
   const graph = compileMixture({
     hiddenSize: pack.hiddenSize,

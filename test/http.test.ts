@@ -398,6 +398,28 @@ describe('happy paths, checked against the OpenAPI document', () => {
     }
   });
 
+  it("runs token-id inputs exactly as given: with the specials a text gets, the text's answer", async () => {
+    const texts = service.model.tokenizer;
+    const withSpecials = TEXTS.map((t) => Array.from(texts.encode(t, 'truncate').ids));
+    const fromText = await ok({ inputs: TEXTS, return: ['embedding'] });
+    const fromIds = await ok({ inputs: withSpecials, return: ['embedding'] });
+    fromIds.results.forEach((result, i) => {
+      assert.equal(result.tokens, withSpecials[i]!.length);
+      const expected = fromText.results[i]!.embedding!;
+      const diff = Math.max(...result.embedding!.map((v, j) => Math.abs(v - expected[j]!)));
+      assert.ok(diff < 1e-5, `input ${i}: ${diff}`);
+    });
+    // Without the specials nothing is added: other tokens, another embedding.
+    const bare = await ok({ inputs: [withSpecials[0]!.slice(1, -1)], return: ['embedding'] });
+    assert.equal(bare.results[0]!.tokens, withSpecials[0]!.length - 2);
+    const diff = Math.max(
+      ...bare.results[0]!.embedding!.map((v, j) =>
+        Math.abs(v - fromText.results[0]!.embedding![j]!),
+      ),
+    );
+    assert.ok(diff > 1e-3);
+  });
+
   it('keeps only the task asked for, with the adapter its head pins', async () => {
     const topic = await ok({ inputs: [TEXTS[0]!], task: 'topic' });
     assert.deepEqual(Object.keys(topic.results[0]!.outputs), ['topic']);

@@ -235,7 +235,9 @@ async function check(
     const empty = inputs.mask.slice(b * inputs.seq, (b + 1) * inputs.seq).every((m) => m === 0);
     const norm = Math.hypot(...row);
     if (empty) assert.equal(norm, 0, 'an item without tokens pools to zero');
-    else assert.ok(Math.abs(norm - 1) <= 1e-5, 'embedding is unit length');
+    else if (spec.pooling?.normalize ?? true) {
+      assert.ok(Math.abs(norm - 1) <= 1e-5, 'embedding is unit length');
+    }
   }
   spec.heads.forEach((h, j) => {
     const scores = out[headScoresName(j)]!;
@@ -287,6 +289,26 @@ describe('compileMixture', () => {
       const spec: MixtureSpec = { hiddenSize: D, groups: [languageGroup(rng)], heads: [] };
       const r = [routing[0]!];
       await check(spec, makeInputs(seed, spec, r, 9), r);
+    }
+  });
+
+  test('pools the way the pack says (cls, max; normalised or not) for gates, heads and the embedding', async () => {
+    for (const pooling of [
+      { mode: 'cls', normalize: false },
+      { mode: 'max', normalize: true },
+      { mode: 'max', normalize: false },
+    ] as const) {
+      const spec = { ...makeSpec(1, true), pooling };
+      const inputs = makeInputs(2, spec, routing, 7);
+      await check(spec, inputs, routing);
+      await check(spec, inputs, routing, { foldLastPool: false });
+      // The mode changes the answer: the same inputs pooled by mean give other embeddings.
+      const mean = mixtureReference(
+        { ...spec, pooling: { mode: 'mean', normalize: pooling.normalize } },
+        inputs,
+      );
+      const other = mixtureReference(spec, inputs);
+      assert.ok(maxAbsDiff(mean.embedding.flat(), other.embedding.flat()) > 1e-3, pooling.mode);
     }
   });
 

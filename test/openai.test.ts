@@ -116,11 +116,17 @@ describe('openai client: embeddings and models', () => {
     );
   });
 
-  it('takes token ids of the model vocabulary (one array, or one per input) as already tokenized', async () => {
+  it('takes token ids of the model vocabulary (one array, or one per input) exactly as given', async () => {
     const json = JSON.parse(await readFile(join(packDir, 'tokenizer.json'), 'utf8')) as object;
     const tokenizer = new Tokenizer(json, {});
-    const ids = TEXTS.map((t) => tokenizer.encode(t, { add_special_tokens: false }).ids);
+    // With the special tokens the tokenizer adds to a text, ids give that text's answer.
+    const ids = TEXTS.map((t) => tokenizer.encode(t, { add_special_tokens: true }).ids);
     const native = await nativeEmbeddings(server.url, { inputs: TEXTS });
+    // Without them, the model runs on the bare ids: nothing is added behind the client's back.
+    const bare = tokenizer.encode(TEXTS[1]!, { add_special_tokens: false }).ids;
+    const alone = await client.embeddings.create({ input: bare, model: 'fixture' });
+    assert.equal(alone.usage.prompt_tokens, bare.length);
+    assert.ok(maxAbsDiff(alone.data[0]!.embedding, native[1]!.embedding) > 1e-3);
     const one = await client.embeddings.create({ input: ids[1]!, model: 'fixture' });
     assert.equal(one.data.length, 1);
     assert.ok(maxAbsDiff(one.data[0]!.embedding, native[1]!.embedding) <= TOLERANCE);

@@ -65,7 +65,8 @@ describe('fixture pack', () => {
     assert.equal(pack.dir, base);
     assert.equal(pack.hiddenSize, 32);
     assert.equal(pack.maxLength, 32);
-    assert.equal(pack.backbonePath, join(base, 'backbone.onnx'));
+    assert.deepEqual(pack.backbone, { kind: 'onnx', path: join(base, 'backbone.onnx') });
+    assert.deepEqual(pack.pooling, { mode: 'mean', normalize: true });
     assert.equal(pack.tokenizerPath, join(base, 'tokenizer.json'));
     assert.equal(pack.manifest.name, 'fixture');
     assert.deepEqual(

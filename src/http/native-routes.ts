@@ -179,8 +179,11 @@ export function inferResponseBody(
 }
 
 export function toInferRequest(body: InferBody): InferRequest {
+  const ids = body.inputs.every((input) => Array.isArray(input));
   return {
-    inputs: body.inputs,
+    ...(ids
+      ? { inputs: [], tokenIds: body.inputs as number[][] }
+      : { inputs: body.inputs as string[] }),
     ...(body.task === undefined ? {} : { task: body.task }),
     ...(body.language === undefined ? {} : { language: body.language }),
     ...(body.adapters === undefined ? {} : { adapters: body.adapters }),

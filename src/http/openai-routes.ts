@@ -85,7 +85,7 @@ export const EmbeddingsBody = Type.Object(
       ],
       {
         description:
-          "A text, texts, or token ids (one array, or one array per input) of the model's own vocabulary, content only: special tokens are added as for text.",
+          "A text, texts, or token ids (one array, or one array per input) of the model's own vocabulary, used exactly as given: no special tokens are added, so send them if the model expects them.",
       },
     ),
     model: Type.String({

@@ -50,11 +50,16 @@ export const RoutingFields = {
 
 export const InferBody = Type.Object(
   {
-    inputs: Type.Array(Type.String(), {
-      minItems: 1,
-      description:
-        'Texts to run; each is answered in order. Limits: MAX_INPUTS inputs, MAX_INPUT_CHARS characters each.',
-    }),
+    inputs: Type.Union(
+      [
+        Type.Array(Type.String(), { minItems: 1 }),
+        Type.Array(Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 }), { minItems: 1 }),
+      ],
+      {
+        description:
+          "Texts to run, or token ids of the model's vocabulary (one array per input, run exactly as given: no special tokens added); each is answered in order. Limits: MAX_INPUTS inputs, MAX_INPUT_CHARS characters each.",
+      },
+    ),
     ...RoutingFields,
     return: Type.Optional(
       Type.Array(Type.Union([Type.Literal('embedding'), Type.Literal('scores')]), {

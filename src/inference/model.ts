@@ -9,6 +9,7 @@ import type { EngineItemResult, TaskOutput } from '../engine/decode.js';
 import { Engine, type EngineOptions } from '../engine/engine.js';
 import { type ItemRouting, routeItem } from '../engine/routing.js';
 import { MoeError } from '../errors.js';
+import { prepareBackbone } from '../onnx/backbone-cache.js';
 import type { MixtureLayout } from '../onnx/mixture-contract.js';
 import { type LoadedPack, loadPack } from '../pack/load.js';
 import { AdapterRegistry } from '../pack/registry.js';
@@ -18,6 +19,13 @@ export interface ModelOptions {
   /** Folder of the model pack (holds manifest.json). */
   readonly packDir: string;
   readonly engine?: Omit<EngineOptions, 'backbonePath'>;
+  /**
+   * Where a Hugging Face backbone's built graph is cached; default `<pack>/.cache/backbone`
+   * (src/onnx/backbone-cache.ts).
+   */
+  readonly backboneCacheDir?: string;
+  /** Progress of a backbone build (first start of a Hugging Face pack); default stderr. */
+  readonly log?: (line: string) => void;
   /** What to do with inputs longer than the pack's max_length. Default 'truncate'. */
   readonly truncation?: TruncationPolicy;
 }
@@ -27,8 +35,8 @@ export interface InferRequest {
   readonly inputs: readonly string[];
   /**
    * Pre-tokenized inputs, instead of `inputs` (which must then be empty): ids of the pack's
-   * vocabulary for the content only; special tokens are added and the length policy applied as
-   * for text (see TextTokenizer.encodeIds).
+   * vocabulary, run exactly as given (no special tokens added); the length policy applies (see
+   * TextTokenizer.encodeIds).
    */
   readonly tokenIds?: readonly (readonly number[])[];
   /** Task (head) id: only its output is returned, and its pinned adapter is used. */
@@ -245,8 +253,12 @@ export class Model extends ModelFrontend {
     const tokenizer = await TextTokenizer.load(pack.tokenizerPath, pack.maxLength);
     const registry = new AdapterRegistry(pack);
     const first = registry.compileCurrent();
+    const backbone = await prepareBackbone(pack.dir, pack.manifest.name, pack.backbone, {
+      ...(options.backboneCacheDir === undefined ? {} : { cacheDir: options.backboneCacheDir }),
+      log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
+    });
     const engine = await Engine.start(
-      { ...options.engine, backbonePath: pack.backbonePath },
+      { ...options.engine, backbonePath: backbone.path },
       first.layout,
       first.bytes,
     );

@@ -53,11 +53,13 @@ export class TextTokenizer {
   }
 
   /**
-   * Pre-tokenized input (the OpenAI "array of token ids" form): ids of this vocabulary for the
-   * content only. The special tokens are added around them exactly as for a text, and the length
-   * policy applies, so the ids `encode` would produce for a text give that text's answer.
+   * Pre-tokenized input (the OpenAI "array of token ids" form): the model runs on exactly these
+   * ids, special tokens included if the client sent them and none added, so a client can
+   * reproduce a model's output for exact ids. Ids must be in the vocabulary; the length policy
+   * applies (truncation keeps the first max_length ids).
    */
-  encodeIds(content: readonly number[], policy: TruncationPolicy, index = 0): EncodedText {
+  encodeIds(ids: readonly number[], policy: TruncationPolicy, index = 0): EncodedText {
+    const content = ids;
     content.forEach((id, j) => {
       if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
         throw new MoeError(
@@ -67,7 +69,23 @@ export class TextTokenizer {
         );
       }
     });
-    return this.wrap(content, policy, index);
+    if (content.length <= this.maxLength) {
+      return { ids: Int32Array.from(content), fullLength: content.length, truncated: false };
+    }
+    if (policy === 'reject') throw this.tooLong(index, content.length);
+    return {
+      ids: Int32Array.from(content.slice(0, this.maxLength)),
+      fullLength: content.length,
+      truncated: true,
+    };
+  }
+
+  private tooLong(index: number, tokens: number): MoeError {
+    return new MoeError(
+      'INPUT_TOO_LONG',
+      `inputs[${index}] has ${tokens} tokens; the model accepts at most ${this.maxLength}. Shorten the text or let the server truncate it.`,
+      { field: `inputs[${index}]`, tokens, limit: this.maxLength },
+    );
   }
 
   private wrap(content: readonly number[], policy: TruncationPolicy, index: number): EncodedText {
@@ -79,13 +97,7 @@ export class TextTokenizer {
         truncated: false,
       };
     }
-    if (policy === 'reject') {
-      throw new MoeError(
-        'INPUT_TOO_LONG',
-        `inputs[${index}] has ${fullLength} tokens; the model accepts at most ${this.maxLength}. Shorten the text or let the server truncate it.`,
-        { field: `inputs[${index}]`, tokens: fullLength, limit: this.maxLength },
-      );
-    }
+    if (policy === 'reject') throw this.tooLong(index, fullLength);
     const keep = this.maxLength - this.prefix.length - this.suffix.length;
     return {
       ids: Int32Array.from([...this.prefix, ...content.slice(0, keep), ...this.suffix]),

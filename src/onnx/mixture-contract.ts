@@ -12,10 +12,13 @@
  * Outputs
  *   g{i}_experts      int64   [B,kmax]  bank indices, best first
  *   g{i}_weights      float32 [B,kmax]  softmax over the item's first k selected logits; 0 after k
- *   embedding         float32 [B,d]     mean-pooled (masked) final hidden, L2-normalised
- *   h{j}_scores       float32 [B,L_j]   softmax of head j's logits over the mean-pooled final hidden
+ *   embedding         float32 [B,d]     pooled final hidden, L2-normalised unless pooling.normalize
+ *                                        is false
+ *   h{j}_scores       float32 [B,L_j]   softmax of head j's logits over the pooled final hidden
  *
- * Per group, in order:  pooled = masked_mean(hidden); logits = gate(pooled) + bias;
+ * pool() is the spec's pooling mode (masked mean by default; cls, masked max), the same for gates,
+ * heads and the embedding.
+ * Per group, in order:  pooled = pool(hidden); logits = gate(pooled) + bias;
  *   top-k; weights = softmax(selected logits, first k); hidden = sum_k w_k * (adapter_k(hidden)
  *   + residual_k * hidden).
  */

@@ -195,8 +195,11 @@ export function compileMixture(spec: MixtureSpec, options: CompileMixtureOptions
   const hiddenIn = g.input(MIXTURE_INPUT_HIDDEN, 'float32', ['batch', 'sequence', d]);
   const maskIn = g.input(MIXTURE_INPUT_MASK, 'int64', ['batch', 'sequence']);
 
-  // Masked mean pooling as one batched MatMul: pool(h) = poolRow [B,1,T] @ h [B,T,d], where
-  // poolRow = mask / max(sum(mask), 1). Items without real tokens pool to 0.
+  // Pooling, the pack's mode for gates, heads and the embedding alike (sentence-transformers'):
+  // mean: one batched MatMul, poolRow [B,1,T] @ h [B,T,w] with poolRow = mask / max(sum(mask), 1)
+  //       (items without real tokens pool to 0); cls: the first token; max: masked max, padding
+  //       at -1e9 first. Mean and cls are linear in h, which the last-group fold below relies on.
+  const pooling = spec.pooling ?? { mode: 'mean', normalize: true };
   const maskF = g.cast(maskIn, 'float32', 'mask_float'); // [B,T]
   const tokenCount = g.reduceSum(maskF, [1], true, 'token_count'); // [B,1]
   const poolRow = g.unsqueeze(
@@ -204,8 +207,17 @@ export function compileMixture(spec: MixtureSpec, options: CompileMixtureOptions
     [1],
     'pool_row',
   ); // [B,1,T]
-  const pool = (h: string, name: string): string =>
-    g.reshape(g.matMul(poolRow, h, `${name}_matmul`), [-1, d], name); // [B,d]
+  const poolTokens = (h: string, name: string): string => {
+    if (pooling.mode === 'mean') return g.matMul(poolRow, h, `${name}_matmul`);
+    if (pooling.mode === 'cls') {
+      const [zero, one] = [g.constInt64([0]), g.constInt64([1])];
+      return g.op('Slice', [h, zero, one, one], {}, `${name}_first`);
+    }
+    const real = g.unsqueeze(g.cast(maskIn, 'bool', `${name}_mask_bool`), [2], `${name}_mask_3d`); // [B,T,1]
+    const masked = g.op('Where', [real, h, g.constFloat(-1e9)], {}, `${name}_masked`);
+    return g.op('ReduceMax', [masked, g.constInt64([1])], { keepdims: attr.int(1) }, `${name}_max`);
+  }; // [B,1,w]
+  const pool = (h: string, name: string): string => g.reshape(poolTokens(h, name), [-1, d], name); // [B,d]
 
   let hidden = hiddenIn; // [B,T,d]
   let pooled = pool(hidden, 'pooled_input'); // [B,d]
@@ -360,9 +372,9 @@ export function compileMixture(spec: MixtureSpec, options: CompileMixtureOptions
     ); // [B,1]
 
     const last = i === spec.groups.length - 1;
-    if (last && foldLastPool) {
+    if (last && foldLastPool && pooling.mode !== 'max') {
       // pool(a @ up + upBiasMix + residualMix * hidden) = pool(a) @ up + upBiasMix + residualMix * pool(hidden)
-      const pooledA = g.matMul(poolRow, a, `${p}_pooled_act`); // [B,1,K*R]
+      const pooledA = poolTokens(a, `${p}_pooled_act`); // [B,1,K*R]
       const pooledUp = g.reshape(
         g.matMul(pooledA, up, `${p}_pooled_up`),
         [-1, d],
@@ -395,13 +407,17 @@ export function compileMixture(spec: MixtureSpec, options: CompileMixtureOptions
     {},
     'pooled_norm',
   ); // [B,1]
-  g.op(
-    'Div',
-    [pooled, g.max(norm, g.constFloat(1e-12), 'pooled_norm_clamped')],
-    {},
-    'embedding',
-    MIXTURE_OUTPUT_EMBEDDING,
-  ); // [B,d]
+  if (pooling.normalize) {
+    g.op(
+      'Div',
+      [pooled, g.max(norm, g.constFloat(1e-12), 'pooled_norm_clamped')],
+      {},
+      'embedding',
+      MIXTURE_OUTPUT_EMBEDDING,
+    ); // [B,d]
+  } else {
+    g.op('Identity', [pooled], {}, 'embedding', MIXTURE_OUTPUT_EMBEDDING); // [B,d]
+  }
 
   spec.heads.forEach((head, j) => {
     const L = head.labels.length;

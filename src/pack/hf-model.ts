@@ -37,6 +37,7 @@ import {
 import { PackError } from './errors.js';
 import { type HfTokenizerInfo, readHfTokenizer, readJsonFile } from './hf-tokenizer.js';
 import { type FloatDtype, SafetensorsFile, type TensorEntry } from './safetensors.js';
+import { POOLING_MODES, type Pooling, type PoolingMode } from './types.js';
 
 export const HF_CONFIG_FILE = 'config.json';
 export const HF_WEIGHTS_FILE = 'model.safetensors';
@@ -46,16 +47,6 @@ export const ST_CONFIG_FILE = 'sentence_bert_config.json';
 
 /** Checkpoint dtypes read (widened to float32). */
 export const HF_FLOAT_DTYPES: readonly FloatDtype[] = ['F32', 'F16', 'BF16'];
-
-/** How token states become one vector: sentence-transformers' Pooling modes we run. */
-export const POOLING_MODES = ['mean', 'cls', 'max'] as const;
-export type PoolingMode = (typeof POOLING_MODES)[number];
-
-export interface Pooling {
-  readonly mode: PoolingMode;
-  /** L2-normalise the pooled vector (sentence-transformers' Normalize module). */
-  readonly normalize: boolean;
-}
 
 /** What a folder's sentence-transformers files say, and which file said it. */
 export interface SentenceTransformersInfo {
@@ -619,7 +610,7 @@ function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
 const ST_MODULE = 'sentence_transformers.models.';
 
 /** modules.json + 1_Pooling/config.json + sentence_bert_config.json, if the folder has them. */
-async function readSentenceTransformers(
+export async function readSentenceTransformers(
   dir: string,
 ): Promise<{ info: SentenceTransformersInfo; transformerPath: string | undefined } | undefined> {
   const modulesPath = join(dir, ST_MODULES_FILE);

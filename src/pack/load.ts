@@ -3,13 +3,18 @@
  * with every check done up front so that the engine and the mixture compiler can trust what they
  * get. Each failure is a PackError naming the file and field to fix (see errors.ts).
  *
- * Not opened here: the backbone (the engine creates its ORT session) and the tokenizer (the
- * inference layer parses it); their files must exist.
+ * Not opened here: an ONNX backbone (the engine creates its ORT session) and the tokenizer (the
+ * inference layer runs it); their files must exist. A Hugging Face backbone is inspected
+ * (config.json, safetensors headers, tokenizer files: backbone.ts, hf-model.ts); its weights are
+ * read only when its graph is built (src/onnx/backbone-cache.ts).
  */
 
 import { readFile, stat } from 'node:fs/promises';
-import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { join } from 'node:path';
+import { type PackBackbone, resolveBackbone } from './backbone.js';
 import { PackError } from './errors.js';
+import { checkVocabulary } from './hf-model.js';
+import { tokenizerVocabSize } from './hf-tokenizer.js';
 import {
   ADAPTER_CONFIG_FILE,
   ADAPTER_WEIGHTS_FILE,
@@ -20,8 +25,9 @@ import {
   validateAdapterConfig,
   validateManifest,
 } from './manifest.js';
+import { existingEntry, existingFile } from './paths.js';
 import { readSafetensors, type SafeTensor } from './safetensors.js';
-import type { BottleneckAdapter, Gate, Head } from './types.js';
+import type { BottleneckAdapter, Gate, Head, Pooling } from './types.js';
 
 export interface HeadPin {
   readonly group: string;
@@ -42,16 +48,24 @@ export interface LoadedGroup {
   readonly adapters: BottleneckAdapter[];
   /** Only for an ungated group: the adapter used when a request pins none. */
   readonly defaultAdapter?: string;
+  /** Where the adapters sit: 'top' of the backbone (the only placement served today). */
+  readonly placement: 'top' | 'layers';
 }
 
 export interface LoadedPack {
   /** The pack folder as given to loadPack. */
   readonly dir: string;
   readonly manifest: Manifest;
-  readonly backbonePath: string;
+  /**
+   * The backbone: an ONNX file, the model file of an ONNX export folder, or a Hugging Face folder
+   * whose graph src/onnx/backbone-cache.ts builds (prepareBackbone gives the file to run).
+   */
+  readonly backbone: PackBackbone;
   readonly tokenizerPath: string;
   readonly hiddenSize: number;
   readonly maxLength: number;
+  /** How gates, heads and the embedding output pool the hidden state. */
+  readonly pooling: Pooling;
   /** In order of composition. */
   readonly groups: LoadedGroup[];
   readonly heads: PackHead[];
@@ -76,10 +90,12 @@ export async function loadPack(dir: string): Promise<LoadedPack> {
     manifestPath,
   );
   const m = manifestPath;
-  const hiddenSize = manifest.backbone.hidden_size;
-
-  const backbonePath = await existingFile(dir, manifest.backbone.file, m, '/backbone/file');
+  const { backbone, hiddenSize, maxLength, pooling } = await resolveBackbone(dir, manifest, m);
   const tokenizerPath = await existingFile(dir, manifest.tokenizer.file, m, '/tokenizer/file');
+  if (backbone.kind === 'huggingface') {
+    const { config, configPath } = backbone.info;
+    checkVocabulary(tokenizerPath, await tokenizerVocabSize(tokenizerPath), config, configPath);
+  }
 
   // Ids: groups, heads and adapters (across the pack) are each unique.
   checkUnique(
@@ -105,6 +121,16 @@ export async function loadPack(dir: string): Promise<LoadedPack> {
   for (const [g, group] of manifest.groups.entries()) {
     const at = `/groups/${g}`;
     const adapterIds = group.adapters.map((ref) => ref.id);
+    if (group.placement === 'layers') {
+      throw new PackError(
+        'PACK_UNSUPPORTED_MODEL',
+        m,
+        `${at}/placement`,
+        backbone.kind === 'huggingface'
+          ? "in-layer adapter groups are not served yet; use placement 'top' (adapters on the last hidden state)"
+          : `an ONNX ${backbone.kind === 'onnx' ? 'file' : 'export'} backbone hosts top-of-backbone adapter groups only (placement 'top'); in-layer adapters need the model as a Hugging Face folder (backbone.huggingface), whose graph the server builds with hook points`,
+      );
+    }
     if (group.default_k > group.adapters.length) {
       throw new PackError(
         'PACK_INVALID_MANIFEST',
@@ -163,6 +189,7 @@ export async function loadPack(dir: string): Promise<LoadedPack> {
       gate,
       adapters,
       ...(group.default_adapter === undefined ? {} : { defaultAdapter: group.default_adapter }),
+      placement: group.placement ?? 'top',
     });
   }
 
@@ -214,10 +241,11 @@ export async function loadPack(dir: string): Promise<LoadedPack> {
   return {
     dir,
     manifest,
-    backbonePath,
+    backbone,
     tokenizerPath,
     hiddenSize,
-    maxLength: manifest.backbone.max_length,
+    maxLength,
+    pooling,
     groups,
     heads,
   };
@@ -489,51 +517,6 @@ function checkUnique(items: { id: string; field: string }[], kind: string, file:
     }
     first.set(id, field);
   }
-}
-
-/** Resolve a manifest path inside the pack; absolute paths and `..` escapes are errors. */
-function packPath(dir: string, path: string, manifestPath: string, field: string): string {
-  const root = resolve(dir);
-  const target = resolve(root, path);
-  const rel = relative(root, target);
-  if (isAbsolute(path) || rel === '..' || rel.startsWith(`..${sep}`) || isAbsolute(rel)) {
-    throw new PackError(
-      'PACK_PATH_OUTSIDE',
-      manifestPath,
-      field,
-      `'${path}' is outside the pack folder; paths must be relative to it and stay inside it`,
-    );
-  }
-  return join(dir, path);
-}
-
-async function existingEntry(
-  dir: string,
-  path: string,
-  manifestPath: string,
-  field: string,
-  kind: 'file' | 'folder',
-): Promise<string> {
-  const full = packPath(dir, path, manifestPath, field);
-  const stats = await stat(full).catch(() => undefined);
-  if (!stats || (kind === 'file' ? !stats.isFile() : !stats.isDirectory())) {
-    throw new PackError(
-      'PACK_FILE_MISSING',
-      manifestPath,
-      field,
-      stats ? `${full} is not a ${kind}` : `${kind} ${full} not found; add it or fix the path`,
-    );
-  }
-  return full;
-}
-
-function existingFile(
-  dir: string,
-  path: string,
-  manifestPath: string,
-  field: string,
-): Promise<string> {
-  return existingEntry(dir, path, manifestPath, field, 'file');
 }
 
 async function readJson(

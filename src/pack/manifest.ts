@@ -48,20 +48,64 @@ const SchemaRef = Type.String({
 
 export const BackboneSchema = Type.Object(
   {
-    file: RelativePath(
-      'ONNX encoder with the Hugging Face feature-extraction contract: inputs input_ids and attention_mask (int64 [B,T]), optional token_type_ids, output last_hidden_state (float32 [B,T,hidden_size]).',
+    file: Type.Optional(
+      RelativePath(
+        'An ONNX encoder file with the Hugging Face feature-extraction contract: inputs input_ids and attention_mask (int64 [B,T]), optional token_type_ids, output last_hidden_state (float32 [B,T,hidden_size]). Needs hidden_size and max_length.',
+      ),
     ),
-    hidden_size: Type.Integer({
-      minimum: 1,
-      description: 'Width d of last_hidden_state; every adapter, gate and head must use it.',
-    }),
-    max_length: Type.Integer({
-      minimum: 1,
+    huggingface: Type.Optional(
+      RelativePath(
+        'A Hugging Face model folder (config.json, model.safetensors or a sharded index; model_type bert, roberta, xlm-roberta or distilbert). The server builds its own ONNX graph from it on first start and caches it (see models/README.md).',
+      ),
+    ),
+    onnx_export: Type.Optional(
+      RelativePath(
+        'An ONNX export folder (Optimum / transformers.js layout): onnx/model.onnx or model.onnx, with its .onnx_data when present. Hosts top-of-backbone adapter groups only.',
+      ),
+    ),
+    variant: Type.Optional(
+      Type.Enum(['default', 'quantized'], {
+        description:
+          "Only with onnx_export: 'default' runs model.onnx, 'quantized' model_quantized.onnx.",
+      }),
+    ),
+    hidden_size: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        description:
+          'Width d of last_hidden_state; every adapter, gate and head must use it. Required with file; with a folder, read from its config.json and checked when given.',
+      }),
+    ),
+    max_length: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        description:
+          "Most tokens per input the backbone accepts, special tokens included; longer inputs are truncated. Required with file; with a folder, default: the least of the model's position limit, tokenizer_config.json model_max_length and sentence-transformers max_seq_length.",
+      }),
+    ),
+  },
+  {
+    additionalProperties: false,
+    description:
+      'The shared encoder, run once per batch: exactly one of file, huggingface or onnx_export.',
+  },
+);
+
+export const PoolingSchema = Type.Object(
+  {
+    mode: Type.Enum(['mean', 'cls', 'max'], {
       description:
-        'Most tokens per input the backbone accepts, special tokens included; longer inputs are truncated.',
+        "How token states become one vector: 'mean' (masked mean), 'cls' (the first token), 'max' (masked max), as sentence-transformers' Pooling.",
+    }),
+    normalize: Type.Boolean({
+      description: 'L2-normalise the embedding output (sentence-transformers Normalize module).',
     }),
   },
-  { additionalProperties: false, description: 'The shared encoder, run once per batch.' },
+  {
+    additionalProperties: false,
+    description:
+      "How gates, heads and the embedding output pool the hidden state. Default: a Hugging Face backbone's sentence-transformers files (modules.json, 1_Pooling/config.json), else mean and normalize.",
+  },
 );
 
 export const TokenizerSchema = Type.Object(
@@ -125,6 +169,12 @@ export const GroupSchema = Type.Object(
         'Only for a group without a gate: the adapter used when a request pins none of its adapters; without it, such requests must pin one.',
       ),
     ),
+    placement: Type.Optional(
+      Type.Enum(['top', 'layers'], {
+        description:
+          "Where the group's adapters sit: 'top' (default) on the backbone's last hidden state; 'layers' inside every layer (reserved: needs a Hugging Face backbone, not served yet; an ONNX backbone can never host it).",
+      }),
+    ),
     metadata: Type.Optional(Metadata),
   },
   {
@@ -175,6 +225,7 @@ export const ManifestSchema = Type.Object(
     description: Type.Optional(Type.String({ description: 'What the pack is for.' })),
     backbone: BackboneSchema,
     tokenizer: TokenizerSchema,
+    pooling: Type.Optional(PoolingSchema),
     groups: Type.Array(GroupSchema, {
       description: 'Adapter groups in order of composition (e.g. language, then task).',
     }),
@@ -231,6 +282,7 @@ export type Manifest = Static<typeof ManifestSchema>;
 export type ManifestGroup = Static<typeof GroupSchema>;
 export type ManifestGate = Static<typeof GateSchema>;
 export type ManifestHead = Static<typeof HeadSchema>;
+export type ManifestBackbone = Static<typeof BackboneSchema>;
 export type AdapterRef = Static<typeof AdapterRefSchema>;
 export type AdapterConfig = Static<typeof AdapterConfigSchema>;
 

@@ -302,7 +302,12 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
       adapters: [...served.get(group.id)!.values()].map((entry) => entry.adapter),
       gate: group.gate,
     }));
-    const spec: MixtureSpec = { hiddenSize: this.pack.hiddenSize, groups, heads: this.pack.heads };
+    const spec: MixtureSpec = {
+      hiddenSize: this.pack.hiddenSize,
+      groups,
+      heads: this.pack.heads,
+      pooling: this.pack.pooling,
+    };
     const layout: MixtureLayout = {
       version: this.version,
       hiddenSize: this.pack.hiddenSize,

@@ -53,14 +53,6 @@ export interface MlpGate {
 
 export type Gate = LinearGate | MlpGate;
 
-/**
- * Which state of the final hidden states [T,d] a head reads:
- * - 'mean': the masked mean over real tokens (the pack format's heads; the default);
- * - 'cls': the first token's state (Hugging Face sequence-classification heads: BERT's pooler,
- *   RoBERTa's classification head, DistilBERT's pre_classifier all read h[:, 0]).
- */
-export type HeadPooling = 'mean' | 'cls';
-
 /** An optional layer between pooling and the output layer: act(pooled @ weight + bias). */
 export interface HeadHidden {
   readonly weight: Weight; // [d,h]
@@ -70,18 +62,20 @@ export interface HeadHidden {
 
 /**
  * A task head:
- *   pooled = pool(final hidden state)                    by `pooling` (default 'mean')
+ *   pooled = pool(final hidden state)       by the head's `pooling`, else the pack's (MixtureSpec)
  *   x      = hidden ? act(pooled @ hidden.weight + hidden.bias) : pooled
  *   logits = x @ weight + bias
- * Without `pooling` and `hidden` this is the pack format's linear head over the mean-pooled state.
- * Imported heads use the other forms: BertForSequenceClassification = cls + pooler (tanh) +
+ * Without `pooling` and `hidden` this is the pack format's linear head over the pack's pooling.
+ * Heads imported with an adapter carry their own: Hugging Face sequence-classification heads read
+ * the first token whatever the pack pools, BertForSequenceClassification = cls + pooler (tanh) +
  * classifier; RoBERTa / XLM-R = cls + classifier.dense (tanh) + classifier.out_proj; DistilBERT =
  * cls + pre_classifier (relu) + classifier.
  */
 export interface Head {
   readonly id: string;
   readonly labels: readonly string[];
-  readonly pooling?: HeadPooling;
+  /** The head's own pooling mode (imported heads: 'cls'); absent: the pack's. */
+  readonly pooling?: PoolingMode;
   readonly hidden?: HeadHidden;
   readonly weight: Weight; // [d,L], or [h,L] after a hidden layer
   readonly bias: Weight; // [L]
@@ -96,9 +90,25 @@ export interface MixtureGroup {
   readonly gate: Gate | null;
 }
 
+/** sentence-transformers' Pooling modes this server runs. */
+export const POOLING_MODES = ['mean', 'cls', 'max'] as const;
+export type PoolingMode = (typeof POOLING_MODES)[number];
+
+/**
+ * How gates, heads and the embedding output pool the hidden state [B,T,d] into [B,d]:
+ * mean = masked mean, cls = the first token, max = masked max (padding at -1e9 first), as
+ * sentence-transformers' Pooling; normalize = L2-normalise the embedding output (its Normalize).
+ */
+export interface Pooling {
+  readonly mode: PoolingMode;
+  readonly normalize: boolean;
+}
+
 /** A snapshot of the registry: everything the mixture graph is compiled from. */
 export interface MixtureSpec {
   readonly hiddenSize: number;
   readonly groups: readonly MixtureGroup[];
   readonly heads: readonly Head[];
+  /** Default: mean, normalised (what every pack did before pooling was configurable). */
+  readonly pooling?: Pooling;
 }

@@ -4,7 +4,7 @@
  * errors go to stderr), so the output can be piped into `jq`.
  *
  *   npm run --silent infer -- [--pack DIR] [--language ID] [--task ID] [--adapter GROUP=ID]...
- *                             [--exclude ID]... [--top-k N] "text" ...
+ *                             [--exclude ID]... [--top-k N] [--embedding] "text" ...
  */
 import { parseArgs } from 'node:util';
 import { MoeError } from '../errors.js';
@@ -18,7 +18,8 @@ const USAGE = `usage: npm run --silent infer -- [options] "text" ...
   --adapter GROUP=ID  pin adapter ID in group GROUP (repeatable)
   --exclude ID        never route to adapter ID (repeatable)
   --top-k N           adapters mixed in each gated group that is not pinned
-  --truncation MODE   truncate (default) or reject inputs longer than the model's limit`;
+  --truncation MODE   truncate (default) or reject inputs longer than the model's limit
+  --embedding         print each input's embedding too (always, for a pack without heads)`;
 
 async function main(): Promise<number> {
   let parsed: ReturnType<typeof parse>;
@@ -60,6 +61,7 @@ async function main(): Promise<number> {
       ...(values.exclude === undefined ? {} : { exclude: values.exclude }),
       ...(topK === undefined ? {} : { topK }),
     });
+    const withEmbedding = values.embedding === true || model.pack.heads.length === 0;
     results.forEach((result, i) => {
       const line = {
         input: positionals[i],
@@ -76,6 +78,7 @@ async function main(): Promise<number> {
           ]),
         ),
         ...(result.truncated ? { truncated: true } : {}),
+        ...(withEmbedding ? { embedding: Array.from(result.embedding, round) } : {}),
       };
       process.stdout.write(`${JSON.stringify(line)}\n`);
     });
@@ -102,6 +105,7 @@ function parse() {
       exclude: { type: 'string', multiple: true },
       'top-k': { type: 'string' },
       truncation: { type: 'string' },
+      embedding: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });

@@ -58,6 +58,17 @@ function softmax(x: readonly number[]): number[] {
   return e.map((v) => v / total);
 }
 
+/** The spec's pooling (default mean): masked mean, the first token, or masked max. */
+function pool(h: number[][], mask: readonly number[], d: number, mode = 'mean'): number[] {
+  if (mode === 'cls') return [...h[0]!];
+  if (mode === 'max') {
+    return Array.from({ length: d }, (_, j) =>
+      Math.max(...h.map((row, t) => (mask[t] === 0 ? -1e9 : row[j]!))),
+    );
+  }
+  return maskedMean(h, mask, d);
+}
+
 function maskedMean(h: number[][], mask: readonly number[], d: number): number[] {
   const sum = new Array<number>(d).fill(0);
   let count = 0;
@@ -113,7 +124,7 @@ export function mixtureReference(spec: MixtureSpec, inputs: MixtureInputs): Mixt
       const gi = inputs.groups[i]!;
       const E = group.adapters.length;
       const bankIds = group.adapters.map((a) => a.id);
-      const pooled = maskedMean(h, mask, d);
+      const pooled = pool(h, mask, d, spec.pooling?.mode);
       const logits = group.gate ? gateLogits(group.gate, pooled, bankIds) : bankIds.map(() => 0);
       const scores = logits.map((v, e) => v + gi.bias[b * E + e]!);
       const order = scores
@@ -135,9 +146,10 @@ export function mixtureReference(spec: MixtureSpec, inputs: MixtureInputs): Mixt
         return mixed;
       });
     });
-    const pooled = maskedMean(h, mask, d);
+    const pooled = pool(h, mask, d, spec.pooling?.mode);
     const norm = Math.sqrt(pooled.reduce((a, v) => a + v * v, 0));
-    result.embedding.push(pooled.map((v) => v / Math.max(norm, 1e-12)));
+    const normalize = spec.pooling?.normalize ?? true;
+    result.embedding.push(pooled.map((v) => (normalize ? v / Math.max(norm, 1e-12) : v)));
     spec.heads.forEach((head, j) => {
       result.scores[j]!.push(
         softmax(affine(pooled, head.weight.data, head.bias.data, head.labels.length)),

@@ -19,7 +19,7 @@ import type {
 } from '../../pack/encoder-types.js';
 import { PackError, type PackErrorCode } from '../../pack/errors.js';
 import type { FloatDtype } from '../../pack/safetensors.js';
-import type { Activation, Head, Weight } from '../../pack/types.js';
+import type { Activation, Head, PoolingMode, Weight } from '../../pack/types.js';
 
 // ---------------------------------------------------------------------------------------------
 // Files
@@ -455,7 +455,7 @@ export function checkTorchLinear(
 export function headFromTorch(
   id: string,
   labels: readonly string[],
-  pooling: 'mean' | 'cls',
+  pooling: PoolingMode,
   hidden: { linear: TorchLinear; activation: Activation } | undefined,
   output: TorchLinear,
 ): Head {

@@ -1,0 +1,131 @@
+/**
+ * Command line: make a model pack from a model folder.
+ *
+ *   npm run --silent pack -- create --backbone <hf-dir> --out models/<name>
+ *        [--name ID] [--max-length N] [--pooling mean|cls|max] [--normalize true|false]
+ *        [--onnx-export [--variant quantized]] [--no-build]
+ *
+ * The pack serves embeddings at once (no adapter groups, no heads): `npm run infer -- --pack
+ * models/<name> "text"` or `MODEL_DIR=models/<name> npm start`. For a Hugging Face folder the
+ * backbone graph is built and cached now (src/onnx/backbone-cache.ts), so the first start does not
+ * wait for it; --no-build leaves that to the first start. Errors name the file and field to fix.
+ */
+import { parseArgs } from 'node:util';
+import { prepareBackbone } from '../onnx/backbone-cache.js';
+import { createPack } from '../pack/create.js';
+import { isPackError } from '../pack/errors.js';
+import { POOLING_MODES, type PoolingMode } from '../pack/types.js';
+
+const USAGE = `usage: npm run --silent pack -- create --backbone DIR --out DIR [options]
+  --backbone DIR       a Hugging Face model folder (config.json, model.safetensors or an index,
+                       tokenizer.json), or with --onnx-export an ONNX export folder
+  --out DIR            the new pack folder (must not exist), e.g. models/my-model
+  --name ID            pack name (default: the out folder's name)
+  --max-length N       most tokens per input (default: what the model allows)
+  --pooling MODE       mean, cls or max (default: the folder's sentence-transformers config, else mean)
+  --normalize BOOL     L2-normalise embeddings (default: the folder's Normalize module, else true)
+  --onnx-export        the folder is an ONNX export (onnx/model.onnx or model.onnx)
+  --variant quantized  with --onnx-export: run model_quantized.onnx
+  --no-build           do not build the backbone graph now (the first start builds it)`;
+
+async function main(): Promise<number> {
+  let parsed: ReturnType<typeof parse>;
+  try {
+    parsed = parse();
+  } catch (error) {
+    process.stderr.write(`${(error as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help === true) {
+    process.stderr.write(`${USAGE}\n`);
+    return 0;
+  }
+  const usage = (message: string) => {
+    process.stderr.write(`${message}\n${USAGE}\n`);
+    return 2;
+  };
+  if (positionals[0] !== 'create' || positionals.length !== 1)
+    return usage("the command is 'create'");
+  if (values.backbone === undefined || values.out === undefined) {
+    return usage('--backbone and --out are required');
+  }
+  const maxLength = values['max-length'] === undefined ? undefined : Number(values['max-length']);
+  if (maxLength !== undefined && (!Number.isInteger(maxLength) || maxLength < 1)) {
+    return usage('--max-length must be a positive integer');
+  }
+  const mode = values.pooling;
+  if (mode !== undefined && !(POOLING_MODES as readonly string[]).includes(mode)) {
+    return usage(`--pooling must be one of ${POOLING_MODES.join(', ')}`);
+  }
+  const normalize = values.normalize;
+  if (normalize !== undefined && normalize !== 'true' && normalize !== 'false') {
+    return usage('--normalize must be true or false');
+  }
+  if (values.variant !== undefined && (values.variant !== 'quantized' || !values['onnx-export'])) {
+    return usage("--variant takes 'quantized', with --onnx-export");
+  }
+  if ((mode === undefined) !== (normalize === undefined)) {
+    return usage('give --pooling and --normalize together (or neither: the folder decides)');
+  }
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  try {
+    const pack = await createPack({
+      backbone: values.backbone,
+      out: values.out,
+      kind: values['onnx-export'] ? 'onnx-export' : 'huggingface',
+      ...(values.variant === 'quantized' ? { variant: 'quantized' as const } : {}),
+      ...(values.name === undefined ? {} : { name: values.name }),
+      ...(maxLength === undefined ? {} : { maxLength }),
+      ...(mode === undefined
+        ? {}
+        : { pooling: { mode: mode as PoolingMode, normalize: normalize === 'true' } }),
+    });
+    log(
+      `[pack] ${pack.dir}: ${pack.backbone.kind} backbone, hidden size ${pack.hiddenSize}, max_length ${pack.maxLength}, pooling ${pack.pooling.mode}${pack.pooling.normalize ? ' + normalize' : ''}`,
+    );
+    if (values.build !== false && pack.backbone.kind === 'huggingface') {
+      const built = await prepareBackbone(pack.dir, pack.manifest.name, pack.backbone, { log });
+      log(`[pack] backbone graph: ${built.path}`);
+    }
+    log(`[pack] try it: npm run --silent infer -- --pack ${pack.dir} "some text"`);
+    process.stdout.write(`${pack.dir}\n`);
+    return 0;
+  } catch (error) {
+    if (isPackError(error)) {
+      process.stderr.write(`error ${error.code}: ${error.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`error: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 1;
+  }
+}
+
+function parse() {
+  return parseArgs({
+    allowPositionals: true,
+    allowNegative: true,
+    options: {
+      backbone: { type: 'string' },
+      out: { type: 'string' },
+      name: { type: 'string' },
+      'max-length': { type: 'string' },
+      pooling: { type: 'string' },
+      normalize: { type: 'string' },
+      'onnx-export': { type: 'boolean' },
+      variant: { type: 'string' },
+      build: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
+    process.exitCode = 1;
+  },
+);
