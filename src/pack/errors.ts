@@ -49,10 +49,26 @@ export const PACK_ERROR_CODES = [
    * pooling mode or sentence-transformers module, or in-layer adapters on an ONNX backbone.
    */
   'PACK_UNSUPPORTED_MODEL',
-  /** A model folder has only pickled PyTorch weights (pytorch_model.bin); safetensors are required. */
+  /**
+   * A model or adapter folder has only pickled PyTorch weights (pytorch_model.bin,
+   * adapter_model.bin, pytorch_adapter.bin); safetensors are required, and the message gives the
+   * conversion command.
+   */
   'PACK_PICKLE_WEIGHTS',
   /** The tokenizer produces ids beyond the backbone's embedding table. */
   'PACK_VOCAB_MISMATCH',
+  /**
+   * An imported adapter (PEFT, AdapterHub) uses an option or value this server does not run
+   * (DoRA, gating, PHM layers, parallel adapters, a LoRA bias...): the field and its value are named.
+   */
+  'PACK_UNSUPPORTED_ADAPTER',
+  /**
+   * An adapter made for another base model: hidden size, number of layers, model type or target
+   * modules differ from the backbone's; the message names the field and both values.
+   */
+  'PACK_BACKBONE_MISMATCH',
+  /** An adapter folder that is none of the formats we import (moe-serve, PEFT, AdapterHub). */
+  'PACK_UNKNOWN_FORMAT',
 ] as const;
 
 export type PackErrorCode = (typeof PACK_ERROR_CODES)[number];

@@ -69,6 +69,11 @@ export interface BottleneckPlacement {
 /** AdapterHub non_linearity values we run (relu, gelu, swish = silu, tanh, gelu_new, identity). */
 export type BottleneckActivation = EncoderActivation | 'identity' | 'leakyrelu';
 
+/**
+ * m is this block's own bottleneck width: AdapterHub's reduction_factor may be a per-layer mapping,
+ * so blocks of one adapter may differ (m = down.length / d, at most the adapter's bottleneckSize;
+ * a slot pads the rest with zeros, which adds exactly nothing).
+ */
 export interface BottleneckBlockWeights {
   readonly layer: number;
   readonly block: LayerBlock;
@@ -77,7 +82,7 @@ export interface BottleneckBlockWeights {
   /** Already multiplied by the adapter's `scaling` (a float, or per channel). */
   readonly up: Float32Array; // [d,m] (adapter_up.weight)
   readonly upBias: Float32Array; // [d]
-  /** Only with placement.lnBefore: the adapter's own LayerNorm. */
+  /** Only with placement.lnBefore: the adapter's own LayerNorm (nn.LayerNorm's eps, 1e-5). */
   readonly lnBefore?: { readonly gamma: Float32Array; readonly beta: Float32Array }; // [d] each
 }
 
@@ -86,7 +91,10 @@ export interface BottleneckLayerAdapter {
   readonly id: string;
   readonly group: string;
   readonly hiddenSize: number;
-  /** m = hidden_size / reduction_factor: the bottleneck width (what a slot must hold). */
+  /**
+   * m = hidden_size // reduction_factor (at least 1): the bottleneck width, the largest over the
+   * blocks when reduction_factor maps layers to factors (what a slot must hold).
+   */
   readonly bottleneckSize: number;
   readonly placement: BottleneckPlacement;
   /** Every (layer, block) with an adapter; absent ones (leave_out) have none. */

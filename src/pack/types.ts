@@ -82,11 +82,31 @@ export interface TokenBagGate {
 
 export type Gate = LinearGate | MlpGate | TokenBagGate;
 
-/** A task head over the mean-pooled final hidden state: logits = pooled @ weight + bias. */
+/** An optional layer between pooling and the output layer: act(pooled @ weight + bias). */
+export interface HeadHidden {
+  readonly weight: Weight; // [d,h]
+  readonly bias: Weight; // [h]
+  readonly activation: Activation;
+}
+
+/**
+ * A task head:
+ *   pooled = pool(final hidden state)       by the head's `pooling`, else the pack's (MixtureSpec)
+ *   x      = hidden ? act(pooled @ hidden.weight + hidden.bias) : pooled
+ *   logits = x @ weight + bias
+ * Without `pooling` and `hidden` this is the pack format's linear head over the pack's pooling.
+ * Heads imported with an adapter carry their own: Hugging Face sequence-classification heads read
+ * the first token whatever the pack pools, BertForSequenceClassification = cls + pooler (tanh) +
+ * classifier; RoBERTa / XLM-R = cls + classifier.dense (tanh) + classifier.out_proj; DistilBERT =
+ * cls + pre_classifier (relu) + classifier.
+ */
 export interface Head {
   readonly id: string;
   readonly labels: readonly string[];
-  readonly weight: Weight; // [d,L]
+  /** The head's own pooling mode (imported heads: 'cls'); absent: the pack's. */
+  readonly pooling?: PoolingMode;
+  readonly hidden?: HeadHidden;
+  readonly weight: Weight; // [d,L], or [h,L] after a hidden layer
   readonly bias: Weight; // [L]
 }
 
