@@ -21,7 +21,11 @@
  *                 flows through the language adapter the gate picks for it, then through each task
  *                 adapter and its head;
  *   6. report     held-out accuracy of the gate and of each head, computed by a plain forward pass
- *                 over the float32 weights as written (forward.ts), with chance levels.
+ *                 over the float32 weights as written (forward.ts), with chance levels; and what
+ *                 an int8 backbone costs (int8-quality.ts): the same encoder built with int8
+ *                 projections, scored on the held-out sentences with the same trained parts.
+ *                 With `backboneQuantize: 'int8'` (--quantize int8) the pack's backbone.onnx is
+ *                 that int8 graph; the trained parts are the same either way (trained on float32).
  *
  * Same seed, same bytes: every random choice comes from seeded generators, iteration orders are
  * fixed, JSON is written with fixed key order, and no time or path goes into a file (timings are
@@ -31,6 +35,7 @@ import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promise
 import { join, resolve } from 'node:path';
 import { TextTokenizer } from '../inference/tokenizer.js';
 import { randomEncoderModel } from '../onnx/random-encoder.js';
+import type { BackboneQuantize } from '../pack/encoder-types.js';
 import { writeAdapterFolder } from '../pack/fixture.js';
 import {
   FORMAT_VERSION,
@@ -59,6 +64,7 @@ import {
 import { buildOnce, DEMO_REPORT_FILE, demoPackPresent } from './ensure.js';
 import { argmax, createPredictor, type DemoParts } from './forward.js';
 import { FRESH_SENTENCES } from './fresh.js';
+import { type Int8QualityReport, measureInt8Quality } from './int8-quality.js';
 import { exportTokenBag, tokenBagGateLogits, trainTokenBag } from './token-bag.js';
 import {
   AdapterParams,
@@ -132,6 +138,12 @@ export interface DemoBuildConfig {
   };
   /** ORT intra-op threads for the backbone pass. */
   readonly threads: number;
+  /**
+   * The backbone.onnx the pack serves: 'none' float32 (default), or 'int8' (the same encoder with
+   * int8 projections, src/onnx/bert.ts; `npm run build:demo -- --quantize int8`). Training uses the
+   * float32 states either way; the report's `int8` section says what int8 costs.
+   */
+  readonly backboneQuantize?: BackboneQuantize;
 }
 
 const BERT_SMALL = { hiddenSize: 256, layers: 4, heads: 4, ffnSize: 1024, maxLength: 128 };
@@ -263,6 +275,8 @@ export interface DemoReport {
     predictions: FreshPrediction[];
     auxiliary: FreshPrediction[];
   };
+  /** What an int8 backbone costs on the held-out sentences (int8-quality.ts). */
+  int8: Int8QualityReport;
   model: Record<string, unknown>;
   training: Record<string, unknown>;
 }
@@ -484,8 +498,11 @@ export async function buildDemoPack(
   lap('tokenizer', `${vocab.length} WordPiece tokens; ${tokens} tokens to encode`);
 
   // 3. Backbone, frozen: full states of the article sentences, pooled states of the gate's text.
-  const backbone = randomEncoderModel({ ...config.backbone, vocabSize: vocab.length, seed });
-  await writeFile(join(dir, 'backbone.onnx'), backbone);
+  const encoder = { ...config.backbone, vocabSize: vocab.length, seed };
+  const backbone = randomEncoderModel(encoder);
+  const int8Backbone = randomEncoderModel(encoder, { quantize: 'int8' });
+  const served = config.backboneQuantize === 'int8' ? 'int8' : 'float32';
+  await writeFile(join(dir, 'backbone.onnx'), served === 'int8' ? int8Backbone : backbone);
   const runner = await BackboneRunner.create(backbone, d, config.threads);
   let states: Float32Array[];
   let freshStates: Float32Array[];
@@ -496,6 +513,17 @@ export async function buildDemoPack(
     gatePooled = await runner.pooled(gateIds);
   } finally {
     await runner.release();
+  }
+  // The int8 backbone's states of the held-out sentences, for the report's int8 section.
+  const int8Runner = await BackboneRunner.create(int8Backbone, d, config.threads);
+  const int8States = new Map<number, Float32Array>();
+  try {
+    const held = indices((s) => s.split === 'heldout');
+    (await int8Runner.states(held.map((i) => ids[i]!))).forEach((h, n) => {
+      int8States.set(held[n]!, h);
+    });
+  } finally {
+    await int8Runner.release();
   }
   lap('backbone', `encoder d=${d} x ${config.backbone.layers} layers over ${tokens} tokens`);
 
@@ -707,11 +735,27 @@ export async function buildDemoPack(
   });
   const freshPack = freshResults.filter((_, n) => fresh[n]!.lang < E);
   const freshRight = freshPack.filter((r) => r.routed[0] === r.language).length;
+  const int8 = measureInt8Quality({
+    hiddenSize: d,
+    heldout,
+    packHeldout,
+    ids,
+    floatStates: (i) => states[i]!,
+    int8States: (i) => int8States.get(i)!,
+    predict,
+    tasks: TASKS.map((t) => ({ id: t.id, label: (i: number) => t.label(sentences[i]!) })),
+    gateLabel: languageOf,
+    gate,
+    linearCandidate: gate.type === 'linear' ? null : linear,
+    servedBackbone: served,
+  });
   lap(
     'evaluate',
     `held out: gate ${gateEntry.heldout_accuracy} (chance ${gateEntry.chance}); ${TASKS.map(
       (t) => `${t.id} ${headEntries[t.id]!.heldout_accuracy} (chance ${headEntries[t.id]!.chance})`,
-    ).join('; ')}; new sentences routed to their language ${freshRight}/${freshPack.length}`,
+    ).join(
+      '; ',
+    )}; new sentences routed to their language ${freshRight}/${freshPack.length}; int8 backbone: embedding cosine min ${int8.embedding_cosine.min}, ${TASKS.map((t) => `${t.id} ${int8.heads[t.id]!.change_points >= 0 ? '+' : ''}${int8.heads[t.id]!.change_points} points`).join(', ')}`,
   );
 
   const report: DemoReport = {
@@ -757,11 +801,13 @@ export async function buildDemoPack(
       predictions: freshPack,
       auxiliary: freshResults.filter((_, n) => fresh[n]!.lang >= E),
     },
+    int8,
     model: {
       backbone: {
         ...config.backbone,
         vocab_size: vocab.length,
         weights: `random (BERT init, std 0.02), seed ${seed}, frozen`,
+        served: served === 'int8' ? 'int8 projections (quantize int8)' : 'float32',
       },
       language_adapters: {
         rank: config.languageRank,
@@ -838,7 +884,11 @@ export async function buildDemoPack(
         chance: headEntries[t.id]!.chance,
       },
     })),
-    metadata: { report: DEMO_REPORT_FILE, seed },
+    metadata: {
+      report: DEMO_REPORT_FILE,
+      seed,
+      ...(served === 'int8' ? { backbone_quantize: 'int8' } : {}),
+    },
   };
   await writeFile(join(dir, MANIFEST_FILE), json(manifest));
   await assertReplaceable(target);

@@ -3,7 +3,9 @@
  * is, or, for a Hugging Face folder, the graph our builder makes from it, cached on disk.
  *
  * Cache key: sha256 over the builder version (BERT_BUILDER_VERSION), the EncoderConfig read from
- * config.json, and the bytes of every safetensors file the weights come from. Same key, same
+ * config.json, the build options (manifest backbone.quantize, when not 'none', so float32 keys are
+ * those of builds before the option existed), and the bytes of every safetensors file the weights
+ * come from. Same key, same
  * graph: the second start reads no weights and builds nothing (hashing the weight files is the
  * cost: about 2 s per GB here). Any change to the weights, the config or the builder gives a new
  * key, and so a new build.
@@ -57,8 +59,9 @@ export async function prepareBackbone(
   if (await isFile(path)) return { path, built: false };
 
   const started = performance.now();
+  const int8 = backbone.quantize === 'int8' ? ' int8' : '';
   log(
-    `[backbone] building the ${backbone.info.config.family} graph from ${backbone.dir} into ${dir}`,
+    `[backbone] building the${int8} ${backbone.info.config.family} graph from ${backbone.dir} into ${dir}`,
   );
   try {
     await mkdir(parent, { recursive: true });
@@ -70,7 +73,9 @@ export async function prepareBackbone(
   try {
     await mkdir(staging);
     const weights = await readHfWeights(backbone.info);
-    await writeEncoderModel(join(staging, BACKBONE_MODEL_FILE), backbone.info.config, weights);
+    await writeEncoderModel(join(staging, BACKBONE_MODEL_FILE), backbone.info.config, weights, {
+      quantize: backbone.quantize,
+    });
     await rename(staging, dir).catch(async (error: NodeJS.ErrnoException) => {
       // Another process finished the same build first: its files are the same; keep them.
       if (error.code !== 'ENOTEMPTY' && error.code !== 'EEXIST') throw error;
@@ -95,6 +100,7 @@ export async function backboneKey(
   const hash = createHash('sha256');
   hash.update(`moe-serve bert builder v${BERT_BUILDER_VERSION}\n`);
   hash.update(`${JSON.stringify(backbone.info.config)}\n`);
+  if (backbone.quantize !== 'none') hash.update(`quantize ${backbone.quantize}\n`);
   for (const file of backbone.info.weightFiles) {
     hash.update(`${basename(file)}\n`);
     for await (const chunk of createReadStream(file, { highWaterMark: 1 << 22 })) {

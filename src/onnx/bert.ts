@@ -36,10 +36,16 @@
  * at B=32, T=64 (npm run bench:backbone): the projections are the cost. At B=1 (64 tokens) the
  * per-kernel overhead shows: 0.62 at d384.
  */
-import type { EncoderActivation, EncoderConfig, EncoderWeights } from '../pack/encoder-types.js';
+import type {
+  BackboneQuantize,
+  EncoderActivation,
+  EncoderConfig,
+  EncoderWeights,
+} from '../pack/encoder-types.js';
 import type { EncoderHooks, HookContext } from './encoder-hooks.js';
 import { attr, DEFAULT_OPSET, type ExternalDataOptions, GraphBuilder } from './graph.js';
 import type { BuiltBackbone } from './pack-graph.js';
+import { quantizeColumns } from './quantize.js';
 
 /**
  * Version of the graph this file emits. Part of the backbone cache key (a built graph is reused
@@ -61,7 +67,25 @@ export interface EmitEncoderOptions {
   readonly attentionMask: string;
   /** Hook points (in-layer adapters, early gates); none: the plain, fastest encoder. */
   readonly hooks?: EncoderHooks;
+  /** 'int8': dynamic int8 projections (EncoderQuantize); default 'none', float32 throughout. */
+  readonly quantize?: EncoderQuantize;
 }
+
+/**
+ * 'none': float32 throughout. 'int8': dynamic int8 quantization of every dense projection of
+ * every layer (query/key/value, attention output, intermediate, output), as onnxruntime's
+ * `quantize_dynamic(per_channel=True, reduce_range=True)` would make it of our float graph:
+ * - weights: int8, symmetric, one scale per output column, 7-bit (src/onnx/quantize.ts says why);
+ * - activations: quantized at run time to uint8 with one scale and zero point per tensor, i.e.
+ *   per batch (the kernel's min/max spans every row of [N,in], padding rows included), so an
+ *   item's output moves slightly with its batch mates (fp32 is exactly batch-invariant);
+ * - kernels: com.microsoft.QAttention (after DynamicQuantizeLinear) for q, k, v and attention,
+ *   com.microsoft.DynamicQuantizeMatMul for the other three projections; with linear hooks,
+ *   DynamicQuantizeMatMul [N,3d] + MultiHeadAttention (the hooks need q, k and v apart).
+ * Embeddings, LayerNorm, softmax, GELU and everything the hooks add (adapters, gates, heads)
+ * stay float32.
+ */
+export type EncoderQuantize = BackboneQuantize;
 
 export interface EncoderOutputs {
   /** float32 [B,T,d]. */
@@ -203,24 +227,15 @@ export function emitEncoder(
 
   const mask32 = g.cast(mask, 'int32', 'attention_mask_int32'); // [B,T], what the attention ops take
   const to3d = (t: string, name: string) => g.op('Reshape', [t, outShape], {}, name); // [N,d] -> [B,T,d]
+  const int8 = options.quantize === 'int8';
   const gemm = (
     input: string,
     weight: Float32Array,
-    bias: Float32Array,
+    bias: Float32Array | undefined,
     rows: number,
     cols: number,
     name: string,
-  ) =>
-    g.op(
-      'Gemm',
-      [
-        input,
-        g.initializer(`${name}.weight`, weight, [rows, cols]),
-        g.initializer(`${name}.bias`, bias, [cols]),
-      ],
-      {},
-      name.replace(/\./g, '_'),
-    ); // [N,cols]
+  ) => emitProjection(g, input, { weight, bias, rows, cols }, name, options.quantize); // [N,cols]
 
   weights.layers.forEach((layer, l) => {
     const p = `layer${l}`;
@@ -244,6 +259,32 @@ export function emitEncoder(
       const attended = g.node(
         'MultiHeadAttention',
         [to3d(q, `${p}_query_3d`), to3d(k, `${p}_key_3d`), to3d(v, `${p}_value_3d`), '', mask32],
+        { num_heads: attr.int(H) },
+        { domain: MICROSOFT, name: `${p}_attention` },
+      )[0]!; // [B,T,d]
+      context = g.reshape(attended, [-1, d], `${p}_context`);
+    } else if (int8) {
+      // QAttention: the int8 QKV projection (uint8 input with its own per-tensor scale, int8
+      // weights with per-column scales) inside the attention kernel; measured faster here than
+      // DynamicQuantizeMatMul [N,3d] + MultiHeadAttention (bench/int8.ts header).
+      const [xq, xScale, xZero] = g.node(
+        'DynamicQuantizeLinear',
+        [to3d(x, `${p}_attention_input`)],
+        {},
+        { outputs: 3, name: `${p}_attention_input_quantize` },
+      ) as [string, string, string];
+      const wq = quantizeColumns(qkv.weight, d, 3 * d);
+      const attended = g.node(
+        'QAttention',
+        [
+          xq,
+          g.initializer(`${p}.attention.qkv.weight_int8`, wq.values, [d, 3 * d]),
+          g.initializer(`${p}.attention.qkv.bias`, qkv.bias, [3 * d]),
+          xScale,
+          g.initializer(`${p}.attention.qkv.weight_scale`, wq.scales, [3 * d]),
+          mask32,
+          xZero,
+        ],
         { num_heads: attr.int(H) },
         { domain: MICROSOFT, name: `${p}_attention` },
       )[0]!; // [B,T,d]
@@ -283,11 +324,7 @@ export function emitEncoder(
     let activated: string; // [N,f]
     const fusedBias = !hooks.linear && fusedBiasActivation(config.hiddenAct);
     if (fusedBias) {
-      const projected = g.matMul(
-        a,
-        g.initializer(`${p}.intermediate.weight`, layer.intermediate.weight, [d, f]),
-        `${p}_intermediate`,
-      ); // [N,f], bias added by the activation op
+      const projected = gemm(a, layer.intermediate.weight, undefined, d, f, `${p}.intermediate`); // [N,f], bias added by the activation op
       activated = g.node(
         fusedBias,
         [projected, g.initializer(`${p}.intermediate.bias`, layer.intermediate.bias, [f])],
@@ -355,18 +392,70 @@ export function emitEncoder(
   }
 }
 
+/** A dense projection's weights: weight [rows,cols] (math layout), optional bias [cols]. */
+export interface Projection {
+  readonly weight: Float32Array;
+  readonly bias?: Float32Array | undefined;
+  readonly rows: number;
+  readonly cols: number;
+}
+
+/**
+ * input [N,rows] @ weight [rows,cols] (+ bias) -> [N,cols], as the encoder emits every projection
+ * outside the fused attention op. float32: Gemm (MatMul without a bias). int8:
+ * com.microsoft.DynamicQuantizeMatMul(input, int8 weight, per-column scales, -, bias), which
+ * quantizes `input` to uint8 with one scale and zero point for the whole tensor (its min and max
+ * over every row, padding rows included), multiplies in MLAS's u8s8 GEMM (exact int32 sums, see
+ * src/onnx/quantize.ts) and writes acc * (input scale * column scale) + bias. Initializers are
+ * named `<name>.weight` / `.bias` (float32) or `<name>.weight_int8` / `.weight_scale` / `.bias`.
+ */
+export function emitProjection(
+  g: GraphBuilder,
+  input: string,
+  projection: Projection,
+  name: string,
+  quantize: EncoderQuantize = 'none',
+): string {
+  const { weight, bias, rows, cols } = projection;
+  const nodeName = name.replace(/\./g, '_');
+  if (quantize === 'int8') {
+    const q = quantizeColumns(weight, rows, cols);
+    const inputs = [
+      input,
+      g.initializer(`${name}.weight_int8`, q.values, [rows, cols]),
+      g.initializer(`${name}.weight_scale`, q.scales, [cols]),
+    ];
+    // b_zero_point omitted: symmetric weights, zero point 0. bias is input 4.
+    if (bias) inputs.push('', g.initializer(`${name}.bias`, bias, [cols]));
+    return g.node('DynamicQuantizeMatMul', inputs, {}, { domain: MICROSOFT, name: nodeName })[0]!;
+  }
+  const w = g.initializer(`${name}.weight`, weight, [rows, cols]);
+  if (!bias) return g.matMul(input, w, nodeName);
+  return g.op('Gemm', [input, w, g.initializer(`${name}.bias`, bias, [cols])], {}, nodeName);
+}
+
+/** How the encoder is built, beyond its config and weights. Part of a built graph's cache key. */
+export interface EncoderBuildOptions {
+  /** Default 'none' (float32). 'int8': see EncoderQuantize. */
+  readonly quantize?: EncoderQuantize;
+}
+
 /**
  * The encoder as a backbone the pack graph compiler emits into its own graph (pack-graph.ts,
  * `BuiltBackbone`): one graph, one run per batch, with the in-layer groups' hooks inside.
  */
-export function bertBackbone(config: EncoderConfig, weights: EncoderWeights): BuiltBackbone {
+export function bertBackbone(
+  config: EncoderConfig,
+  weights: EncoderWeights,
+  build: EncoderBuildOptions = {},
+): BuiltBackbone {
   validateEncoder(config, weights);
   return {
     kind: 'built',
     dims: { hiddenSize: config.hiddenSize, intermediateSize: config.intermediateSize },
     layers: config.layers,
     emit: (g, inputs, hooks) => {
-      const out = emitEncoder(g, config, weights, { ...inputs, hooks });
+      const out = emitEncoder(g, config, weights, { ...inputs, hooks, ...build });
       return { hidden: out.tokens, tokensShape: out.context.tokensShape };
     },
   };
@@ -377,6 +466,7 @@ export function encoderGraph(
   config: EncoderConfig,
   weights: EncoderWeights,
   hooks?: EncoderHooks,
+  build: EncoderBuildOptions = {},
 ): GraphBuilder {
   const g = new GraphBuilder();
   const inputIds = g.input(ENCODER_INPUT_IDS, 'int64', ['batch', 'sequence']);
@@ -385,23 +475,29 @@ export function encoderGraph(
     inputIds,
     attentionMask,
     ...(hooks ? { hooks } : {}),
+    ...build,
   });
   g.output(lastHiddenState, ENCODER_OUTPUT, 'float32', ['batch', 'sequence', config.hiddenSize]);
   return g;
 }
 
-function modelOptions(config: EncoderConfig) {
+function modelOptions(config: EncoderConfig, build: EncoderBuildOptions) {
+  const quantize = build.quantize ?? 'none';
   return {
     opset: DEFAULT_OPSET,
     producer: `moe-serve bert builder v${BERT_BUILDER_VERSION}`,
     graphName: 'encoder',
-    docString: `${config.family} encoder d=${config.hiddenSize} layers=${config.layers} heads=${config.heads} ffn=${config.intermediateSize} vocab=${config.vocabSize} act=${config.hiddenAct}`,
+    docString: `${config.family} encoder d=${config.hiddenSize} layers=${config.layers} heads=${config.heads} ffn=${config.intermediateSize} vocab=${config.vocabSize} act=${config.hiddenAct}${quantize === 'none' ? '' : ` quantize=${quantize}`}`,
   };
 }
 
 /** Model bytes with every weight inline: for small encoders (tests, the demo). Under 2 GB only. */
-export function encoderModelBytes(config: EncoderConfig, weights: EncoderWeights): Uint8Array {
-  return encoderGraph(config, weights).toModel(modelOptions(config));
+export function encoderModelBytes(
+  config: EncoderConfig,
+  weights: EncoderWeights,
+  build: EncoderBuildOptions = {},
+): Uint8Array {
+  return encoderGraph(config, weights, undefined, build).toModel(modelOptions(config, build));
 }
 
 /** Writes the model to `path` with its weights as external data beside it (see GraphBuilder.writeModel). */
@@ -409,11 +505,12 @@ export function writeEncoderModel(
   path: string,
   config: EncoderConfig,
   weights: EncoderWeights,
-  options: ExternalDataOptions & { hooks?: EncoderHooks } = {},
+  options: ExternalDataOptions & EncoderBuildOptions & { hooks?: EncoderHooks } = {},
 ): Promise<{ modelPath: string; dataPath: string }> {
-  const { hooks, ...external } = options;
-  return encoderGraph(config, weights, hooks).writeModel(path, {
-    ...modelOptions(config),
+  const { hooks, quantize, ...external } = options;
+  const build = quantize === undefined ? {} : { quantize };
+  return encoderGraph(config, weights, hooks, build).writeModel(path, {
+    ...modelOptions(config, build),
     ...external,
   });
 }

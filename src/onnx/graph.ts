@@ -23,7 +23,7 @@ const { onnx } = onnxProto;
 export const DEFAULT_OPSET = 20;
 export const DEFAULT_IR_VERSION = 9;
 
-export type ElemType = 'float32' | 'int64' | 'int32' | 'bool';
+export type ElemType = 'float32' | 'int64' | 'int32' | 'int8' | 'uint8' | 'bool';
 /** A fixed size, or a symbolic dimension name such as 'batch'. */
 export type Dim = number | string;
 
@@ -31,6 +31,8 @@ const DATA_TYPE: Record<ElemType, number> = {
   float32: onnx.TensorProto.DataType.FLOAT,
   int64: onnx.TensorProto.DataType.INT64,
   int32: onnx.TensorProto.DataType.INT32,
+  int8: onnx.TensorProto.DataType.INT8,
+  uint8: onnx.TensorProto.DataType.UINT8,
   bool: onnx.TensorProto.DataType.BOOL,
 };
 
@@ -39,7 +41,8 @@ export function dataType(elemType: ElemType): number {
   return DATA_TYPE[elemType];
 }
 
-export type TensorData = Float32Array | BigInt64Array | Int32Array;
+/** Initializer data; Int8Array / Uint8Array hold quantized weights and zero points. */
+export type TensorData = Float32Array | BigInt64Array | Int32Array | Int8Array | Uint8Array;
 
 /** A typed attribute value; build one with `attr.int(...)`, `attr.float(...)`, etc. */
 export type Attr =
@@ -67,6 +70,8 @@ export type Attrs = Readonly<Record<string, Attr>>;
 function elemTypeOf(data: TensorData): ElemType {
   if (data instanceof Float32Array) return 'float32';
   if (data instanceof BigInt64Array) return 'int64';
+  if (data instanceof Int8Array) return 'int8';
+  if (data instanceof Uint8Array) return 'uint8';
   return 'int32';
 }
 

@@ -7,7 +7,7 @@
  */
 import type { EncoderConfig, EncoderWeights, LinearWeights } from '../pack/encoder-types.js';
 import { Random } from '../util/random.js';
-import { encoderModelBytes } from './bert.js';
+import { type EncoderBuildOptions, encoderModelBytes } from './bert.js';
 
 export interface RandomEncoderOptions {
   readonly vocabSize: number;
@@ -91,7 +91,10 @@ export function randomEncoder(options: RandomEncoderOptions): {
 }
 
 /** The random encoder's ONNX model bytes (weights inline; see encoderModelBytes). */
-export function randomEncoderModel(options: RandomEncoderOptions): Uint8Array {
+export function randomEncoderModel(
+  options: RandomEncoderOptions,
+  build: EncoderBuildOptions = {},
+): Uint8Array {
   const { config, weights } = randomEncoder(options);
-  return encoderModelBytes(config, weights);
+  return encoderModelBytes(config, weights, build);
 }

@@ -2,8 +2,9 @@
  * The manifest's `backbone` (and `pooling`) section, resolved and checked against the files:
  *
  *   { "file": "backbone.onnx", "hidden_size": 384, "max_length": 128 }       an ONNX file (as before)
- *   { "huggingface": "backbone" [, "hidden_size", "max_length"] }            a Hugging Face folder:
- *        our builder makes the graph (src/onnx/backbone-cache.ts builds and caches it)
+ *   { "huggingface": "backbone" [, "quantize": "int8", "hidden_size", "max_length"] }
+ *        a Hugging Face folder: our builder makes the graph (src/onnx/backbone-cache.ts builds
+ *        and caches it), float32 or, with quantize "int8", with int8 projections
  *   { "onnx_export": "export" [, "variant": "quantized", "hidden_size", "max_length"] }
  *        an ONNX export folder (onnx/model.onnx or model.onnx, or model_quantized.onnx)
  *
@@ -16,6 +17,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { BackboneQuantize } from './encoder-types.js';
 import { PackError } from './errors.js';
 import {
   HF_CONFIG_FILE,
@@ -37,7 +39,13 @@ export type PackBackbone =
   /** The model file chosen in an ONNX export folder. */
   | { readonly kind: 'onnx-export'; readonly path: string; readonly dir: string }
   /** A Hugging Face folder, inspected (config, tensor locations); the graph is built from it. */
-  | { readonly kind: 'huggingface'; readonly dir: string; readonly info: HfModelInfo };
+  | {
+      readonly kind: 'huggingface';
+      readonly dir: string;
+      readonly info: HfModelInfo;
+      /** How the builder makes the projections (manifest backbone.quantize; default 'none'). */
+      readonly quantize: BackboneQuantize;
+    };
 
 export interface ResolvedBackbone {
   readonly backbone: PackBackbone;
@@ -78,6 +86,16 @@ export async function resolveBackbone(
       m,
       '/backbone/variant',
       'is only for an onnx_export backbone; remove it',
+    );
+  }
+  if (b.quantize !== undefined && b.huggingface === undefined) {
+    throw new PackError(
+      'PACK_INVALID_MANIFEST',
+      m,
+      '/backbone/quantize',
+      b.onnx_export !== undefined
+        ? 'is only for a huggingface backbone (our builder quantizes the graph it makes); an export is run as it is: set variant "quantized" to run its model_quantized.onnx, or remove quantize'
+        : 'is only for a huggingface backbone (our builder quantizes the graph it makes); an ONNX file is run as it is: quantize it when you make it, or remove quantize',
     );
   }
   const pooling = (st: SentenceTransformersInfo | undefined): Pooling =>
@@ -125,7 +143,7 @@ export async function resolveBackbone(
       );
     }
     return {
-      backbone: { kind: 'huggingface', dir: folder, info },
+      backbone: { kind: 'huggingface', dir: folder, info, quantize: b.quantize ?? 'none' },
       hiddenSize: d,
       maxLength: b.max_length ?? info.maxLength,
       pooling: pooling(info.sentenceTransformers),

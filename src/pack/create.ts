@@ -4,7 +4,8 @@
  * the tokenizer, with no adapter groups and no heads: an embeddings-only pack that serves at once
  * (OpenAI embeddings, /v1/infer with `return: ["embedding"]`). Groups and heads are added later.
  *
- *   Hugging Face folder   backbone.huggingface: the server builds its graph (cached) from it
+ *   Hugging Face folder   backbone.huggingface: the server builds its graph (cached) from it,
+ *                         float32 or (quantize 'int8') with int8 projections
  *   ONNX export folder    backbone.onnx_export (+ variant)
  *
  * The folder is checked before anything is written (inspectHfFolder / loadPack's checks), and the
@@ -12,6 +13,7 @@
  */
 import { copyFile, link, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
+import type { BackboneQuantize } from './encoder-types.js';
 import { PackError } from './errors.js';
 import { inspectHfFolder } from './hf-model.js';
 import { TOKENIZER_FILE } from './hf-tokenizer.js';
@@ -44,6 +46,8 @@ export interface CreatePackOptions {
   readonly maxLength?: number;
   /** Default: the folder's sentence-transformers pooling, else mean + normalize. */
   readonly pooling?: Pooling;
+  /** Only for a Hugging Face folder: manifest backbone.quantize (default 'none', not written). */
+  readonly quantize?: BackboneQuantize;
 }
 
 /** Files of a model folder a pack never needs (other frameworks' weights, pickles, git). */
@@ -60,6 +64,11 @@ export async function createPack(options: CreatePackOptions): Promise<LoadedPack
   }
   if (await stat(out).catch(() => undefined)) {
     throw new Error(`${out} already exists; choose a new folder (a pack is created, never merged)`);
+  }
+  if (options.quantize !== undefined && options.quantize !== 'none' && kind !== 'huggingface') {
+    throw new Error(
+      `quantize '${options.quantize}' is for a Hugging Face folder (our builder quantizes the graph it makes); an ONNX export runs as it is (variant 'quantized' runs its model_quantized.onnx)`,
+    );
   }
   // Check the folder first: nothing is written for a folder that cannot serve.
   if (kind === 'huggingface') {
@@ -86,7 +95,12 @@ export async function createPack(options: CreatePackOptions): Promise<LoadedPack
       `Embeddings from ${basename(source)} (created by npm run pack -- create).`,
     backbone: {
       ...(kind === 'huggingface'
-        ? { huggingface: PACK_BACKBONE_FOLDER }
+        ? {
+            huggingface: PACK_BACKBONE_FOLDER,
+            ...(options.quantize === undefined || options.quantize === 'none'
+              ? {}
+              : { quantize: options.quantize }),
+          }
         : {
             onnx_export: PACK_BACKBONE_FOLDER,
             ...(options.variant ? { variant: options.variant } : {}),

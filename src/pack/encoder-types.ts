@@ -108,5 +108,13 @@ export const LINEAR_MODULES = [
 ] as const;
 export type LinearModule = (typeof LINEAR_MODULES)[number];
 
+/**
+ * How the builder makes a backbone's dense projections: 'none' (float32) or 'int8' (dynamic int8,
+ * per-channel weights; src/onnx/bert.ts EncoderQuantize says exactly what). The manifest's
+ * `backbone.quantize`.
+ */
+export const BACKBONE_QUANTIZE_MODES = ['none', 'int8'] as const;
+export type BackboneQuantize = (typeof BACKBONE_QUANTIZE_MODES)[number];
+
 /** The two blocks of a layer, each closed by a residual add and a LayerNorm. */
 export type LayerBlock = 'attention' | 'ffn';
