@@ -193,7 +193,7 @@ export function referenceEncoder(
   }
   x = layerNorm(x, N, d, weights.embeddingLn.gamma, weights.embeddingLn.beta, config.layerNormEps);
   for (const layer of weights.layers) {
-    // q, k, v from one quantized tensor x (QAttention quantizes x once, per column of [d,3d]).
+    // q, k, v from one quantized tensor x (one DynamicQuantizeMatMul over [d,3d], per column).
     const q = linear(x, d, layer.query, d);
     const k = linear(x, d, layer.key, d);
     const v = linear(x, d, layer.value, d);
