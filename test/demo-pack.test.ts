@@ -9,14 +9,16 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join, relative } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import onnxProto from 'onnx-proto';
 import {
   buildDemoPack,
   DEMO_REPORT_FILE,
+  type DemoBuildConfig,
   type DemoReport,
   ensureDemoPack,
   SMALL_CONFIG,
 } from '../src/demo/build.js';
-import { loadDemoCorpus } from '../src/demo/corpus.js';
+import { DEMO_LANGUAGES, loadDemoCorpus } from '../src/demo/corpus.js';
 import { FRESH_SENTENCES } from '../src/demo/fresh.js';
 import { Model } from '../src/inference/model.js';
 import { type LoadedPack, loadPack } from '../src/pack/load.js';
@@ -140,6 +142,33 @@ describe('demo pack (small build)', () => {
     }
   });
 
+  test('report.json int8: the cost of an int8 backbone on the held-out sentences, within the targets', () => {
+    const int8 = report.int8;
+    assert.equal(int8.served_backbone, 'float32');
+    assert.equal(int8.heldout_sentences, report.split.heldout);
+    assert.equal(int8.heldout_pack_languages, report.split.heldout_pack_languages);
+    assert.ok(int8.embedding_cosine.min >= 0.99 && int8.embedding_cosine.min < 1);
+    assert.ok(int8.embedding_cosine.mean >= int8.embedding_cosine.min);
+    assert.ok(int8.token_cosine.tokens > int8.heldout_sentences);
+    assert.deepEqual(Object.keys(int8.heads), Object.keys(report.heads));
+    for (const [id, head] of Object.entries(int8.heads)) {
+      assert.equal(head.heldout_accuracy_float32, report.heads[id]!.heldout_accuracy, id);
+      assert.ok(head.change_points >= -1, `${id}: ${head.change_points} points`);
+    }
+    // The chosen gate is the token bag: it reads ids only, so int8 cannot move it.
+    assert.equal(int8.gate.type, 'token_bag');
+    assert.equal(int8.gate.change_points, 0);
+    assert.equal(int8.gate.agreement, 1);
+    assert.equal(int8.gate.heldout_accuracy_float32, report.gates.language!.heldout_accuracy);
+    const linear = int8.linear_gate_candidate!;
+    assert.equal(
+      linear.heldout_accuracy_float32,
+      report.gate_selection.candidates.linear!.heldout_accuracy,
+    );
+    assert.ok(linear.change_points >= -0.5, `linear gate ${linear.change_points} points`);
+    assert.equal(int8.targets.met, true);
+  });
+
   test('the served graph gives the reported held-out accuracies', async () => {
     const languages = [...SMALL_CONFIG.languages, ...SMALL_CONFIG.auxiliaryLanguages];
     const corpus = loadDemoCorpus({
@@ -217,6 +246,68 @@ describe('demo pack (small build)', () => {
     for (const file of files) {
       const [a, b] = await Promise.all([readFile(join(dir, file)), readFile(join(second, file))]);
       assert.ok(a.equals(b), `${file} differs between two builds`);
+    }
+  });
+});
+
+describe('demo pack with an int8 backbone (--quantize int8; a tiny build)', () => {
+  // Two languages, no token_bag candidate (so the gate reads the backbone), few epochs: fast.
+  const TINY: DemoBuildConfig = {
+    ...SMALL_CONFIG,
+    languages: DEMO_LANGUAGES.filter((l) => l.id === 'en' || l.id === 'ru'),
+    auxiliaryLanguages: [],
+    vocabSize: 800,
+    gate: { ...SMALL_CONFIG.gate, dropoutCopies: 0 },
+    tokenBag: null,
+    mixture: { ...SMALL_CONFIG.mixture, epochs: 3 },
+    backboneQuantize: 'int8',
+  };
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'demo-int8-'));
+    await buildDemoPack(dir, { config: TINY });
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  test('serves the int8 graph, with the int8 accuracies the report gives', async () => {
+    const report = JSON.parse(await readFile(join(dir, DEMO_REPORT_FILE), 'utf8')) as DemoReport;
+    assert.equal(report.int8.served_backbone, 'int8');
+    assert.equal(report.int8.gate.type, 'linear');
+    assert.equal(report.int8.linear_gate_candidate, null);
+    const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8'));
+    assert.equal(manifest.metadata.backbone_quantize, 'int8');
+    const model = onnxProto.onnx.ModelProto.decode(await readFile(join(dir, 'backbone.onnx')));
+    const ops = model.graph!.node!.map((n) => n.opType);
+    assert.equal(ops.filter((op) => op === 'DynamicQuantizeMatMul').length, 4 * 4);
+    assert.ok(!ops.includes('Gemm') && !ops.includes('MatMul'));
+
+    const pack = await loadPack(dir);
+    const corpus = loadDemoCorpus({
+      languages: TINY.languages,
+      seed: TINY.seed,
+      heldoutFraction: TINY.heldoutFraction,
+    });
+    const held = corpus.sentences.filter((s) => s.split === 'heldout');
+    assert.equal(held.length, report.int8.heldout_pack_languages);
+    const served = await serve(
+      pack,
+      held.map((s) => s.text),
+    );
+    const accuracy = (ok: (i: number) => boolean) =>
+      held.filter((_, i) => ok(i)).length / held.length;
+    // The engine batches differently from the build (int8 activations are quantized per batch):
+    // allow two sentences either way.
+    const tolerance = 2.01 / held.length;
+    const gate = accuracy((i) => served.routed[i] === TINY.languages[held[i]!.lang]!.id);
+    assert.ok(Math.abs(gate - report.int8.gate.heldout_accuracy_int8) <= tolerance, `gate ${gate}`);
+    const article = accuracy((i) => served.answers[0]![i] === held[i]!.article - 1);
+    const theme = accuracy((i) => served.answers[1]![i] === held[i]!.theme);
+    for (const [id, got] of [
+      ['article', article],
+      ['theme', theme],
+    ] as const) {
+      const want = report.int8.heads[id]!.heldout_accuracy_int8;
+      assert.ok(Math.abs(got - want) <= tolerance, `${id}: served ${got}, report ${want}`);
     }
   });
 });
