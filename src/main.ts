@@ -31,6 +31,7 @@ async function main(): Promise<void> {
     jobs,
     metrics,
     logger: { level: config.LOG_LEVEL },
+    requestLog: config.REQUEST_LOG,
     limits: {
       maxInputs: config.MAX_INPUTS,
       maxInputChars: config.MAX_INPUT_CHARS,

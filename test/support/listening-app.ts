@@ -35,6 +35,7 @@ export interface TestServiceOptions {
   readonly limits?: Partial<AppOptions['limits']>;
   readonly batching?: Partial<EmbeddedOptions>;
   readonly logger?: AppOptions['logger'];
+  readonly requestLog?: AppOptions['requestLog'];
   readonly allowFaultInjection?: boolean;
 }
 
@@ -70,6 +71,7 @@ export async function buildTestService(options: TestServiceOptions): Promise<Tes
     adminApiKey: options.adminApiKey,
     adapterRoot: options.adapterRoot,
     ...(options.logger === undefined ? {} : { logger: options.logger }),
+    ...(options.requestLog === undefined ? {} : { requestLog: options.requestLog }),
   });
   return {
     app,
