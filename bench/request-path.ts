@@ -174,7 +174,9 @@ async function load(port: number, concurrency: number, count: number, pid: numbe
           latencies.push(performance.now() - t0);
           for (const part of reply.timing?.split(',') ?? []) {
             const [stage, dur] = part.trim().split(';dur=');
-            if (stage && dur) (stages[stage] ??= []).push(Number(dur));
+            if (!stage || !dur) continue;
+            stages[stage] ??= [];
+            stages[stage].push(Number(dur));
           }
         }
       }),
