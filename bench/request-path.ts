@@ -107,6 +107,9 @@ interface Phase {
   readonly window: Window;
   readonly processCpuMs: number;
   readonly mainCpuMs: number;
+  /** Engine batches run and items in them during the phase (the server's /metrics). */
+  readonly batches: number;
+  readonly batchItems: number;
 }
 
 const nowUs = () => Number(process.hrtime.bigint() / 1000n);
@@ -159,6 +162,33 @@ function post(agent: Agent, port: number, body: string) {
 
 const BODIES = SENTENCES.map((text) => JSON.stringify({ inputs: [text] }));
 
+/** moe_batch_size_items_{sum,count} from the server's /metrics. */
+function batchCounters(agent: Agent, port: number): Promise<{ sum: number; count: number }> {
+  return new Promise((done, fail) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path: '/metrics', agent }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        text += chunk;
+      });
+      res.on('end', () => {
+        const value = (name: string) =>
+          Number(
+            /^(\S+) (\S+)$/m.exec(
+              text.split('\n').find((l) => l.startsWith(`${name} `)) ?? '',
+            )?.[2],
+          );
+        done({
+          sum: value('moe_batch_size_items_sum'),
+          count: value('moe_batch_size_items_count'),
+        });
+      });
+    });
+    req.on('error', fail);
+    req.end();
+  });
+}
+
 async function load(port: number, concurrency: number, count: number, pid: number) {
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
   const send = async (n: number, latencies: number[], stages: Record<string, number[]>) => {
@@ -186,19 +216,25 @@ async function load(port: number, concurrency: number, count: number, pid: numbe
     await send(Math.max(2 * concurrency, 64), [], {}); // warm-up: connections, JIT
     const latencies: number[] = [];
     const stages: Record<string, number[]> = {};
+    const counters0 = await batchCounters(agent, port);
     const cpu0 = cpuMs(pid);
     const main0 = cpuMs(pid, pid);
     const start = nowUs();
     await send(count, latencies, stages);
     const end = nowUs();
+    const processCpuMs = cpuMs(pid) - cpu0;
+    const mainCpuMs = cpuMs(pid, pid) - main0;
+    const counters1 = await batchCounters(agent, port); // after the CPU readings
     return {
       requests: count,
       seconds: (end - start) / 1e6,
       latencies,
       stages,
       window: { start, end },
-      processCpuMs: cpuMs(pid) - cpu0,
-      mainCpuMs: cpuMs(pid, pid) - main0,
+      processCpuMs,
+      mainCpuMs,
+      batches: counters1.count - counters0.count,
+      batchItems: counters1.sum - counters0.sum,
     } satisfies Phase;
   } finally {
     agent.destroy();
@@ -394,6 +430,9 @@ async function main(): Promise<void> {
           requests,
           throughput_rps: round2(median(list.map((p) => p.requests / p.seconds))),
           p50_ms: round2(median(list.flatMap((p) => p.latencies))),
+          mean_batch: round2(
+            list.reduce((a, p) => a + p.batchItems, 0) / list.reduce((a, p) => a + p.batches, 0),
+          ),
           server_timing_p50_ms: Object.fromEntries(
             stages.map((k) => [k, round2(median(list.flatMap((p) => p.stages[k] ?? [])))]),
           ),
