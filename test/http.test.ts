@@ -4,6 +4,7 @@
  * listening server where a socket has to go away. The OpenAPI document the app serves is the
  * contract every answer is checked against.
  */
+
 import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -21,6 +22,7 @@ import {
   randomAdapter,
   writeAdapterFolder,
 } from '../src/pack/fixture.js';
+import type { BottleneckAdapter } from '../src/pack/types.js';
 import { Random } from '../src/util/random.js';
 import {
   buildTestService,
@@ -874,7 +876,7 @@ describe('admin routes with a key: auth, adapter load, use and unload', () => {
         group: 'language',
         hiddenSize: service.model.pack.hiddenSize,
         rank,
-        activation: service.model.pack.groups[0]!.adapters[0]!.activation,
+        activation: (service.model.pack.groups[0]!.adapters[0] as BottleneckAdapter).activation,
       }),
     );
     return dir;

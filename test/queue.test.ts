@@ -448,7 +448,7 @@ describe('queue mode: one API node, two workers, real Redis', () => {
     const folder = await adapterFolder('nl', 'nl', 21);
     const pinned = (i: number): InferBody => ({ ...body(i), language: 'nl' });
     // Embedded mode's answers with the same folder loaded.
-    await embedded.inference.loadAdapter(folder, 'nl');
+    await embedded.inference.loadAdapter(folder, { id: 'nl' });
     const want = await Promise.all(
       Array.from({ length: 200 }, (_, i) =>
         embedded.inference.infer(toInferRequest(nativeInputs(pinned(i).inputs), pinned(i)), {

@@ -7,11 +7,11 @@
  *
  * The pack serves embeddings at once (no adapter groups, no heads): `npm run infer -- --pack
  * models/<name> "text"` or `MODEL_DIR=models/<name> npm start`. For a Hugging Face folder the
- * backbone graph is built and cached now (src/onnx/backbone-cache.ts), so the first start does not
+ * pack graph is built and cached now (src/inference/pack-graph-plan.ts), so the first start does not
  * wait for it; --no-build leaves that to the first start. Errors name the file and field to fix.
  */
 import { parseArgs } from 'node:util';
-import { prepareBackbone } from '../onnx/backbone-cache.js';
+import { prepareEngineGraph } from '../inference/pack-graph-plan.js';
 import { createPack } from '../pack/create.js';
 import { isPackError } from '../pack/errors.js';
 import { POOLING_MODES, type PoolingMode } from '../pack/types.js';
@@ -85,8 +85,8 @@ async function main(): Promise<number> {
       `[pack] ${pack.dir}: ${pack.backbone.kind} backbone, hidden size ${pack.hiddenSize}, max_length ${pack.maxLength}, pooling ${pack.pooling.mode}${pack.pooling.normalize ? ' + normalize' : ''}`,
     );
     if (values.build !== false && pack.backbone.kind === 'huggingface') {
-      const built = await prepareBackbone(pack.dir, pack.manifest.name, pack.backbone, { log });
-      log(`[pack] backbone graph: ${built.path}`);
+      const graph = await prepareEngineGraph(pack, { log });
+      log(`[pack] pack graph: ${String(graph.worker.model)}`);
     }
     log(`[pack] try it: npm run --silent infer -- --pack ${pack.dir} "some text"`);
     process.stdout.write(`${pack.dir}\n`);
