@@ -15,7 +15,6 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import type { EncoderConfig, EncoderFamily } from '../src/pack/encoder-types.js';
 import { PackError, type PackErrorCode } from '../src/pack/errors.js';
-import { randomAdapter, writeAdapterFolder } from '../src/pack/fixture.js';
 import { importAdapterHubFolder } from '../src/pack/import/adapterhub.js';
 import { pythonFloorDiv } from '../src/pack/import/common.js';
 import {
@@ -36,6 +35,7 @@ import {
   writeAdapterHubFolder,
   writePeftLoraFolder,
 } from './support/adapter-fixtures.js';
+import { randomAdapter, writeAdapterFolder } from './support/fixture-pack.js';
 import { writeHfFolder } from './support/hf-folder.js';
 
 const root = await mkdtemp(join(tmpdir(), 'adapter-import-'));

@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { MoeError } from '../src/errors.js';
 import { Model } from '../src/inference/model.js';
-import { buildFixturePack, randomAdapter, writeAdapterFolder } from '../src/pack/fixture.js';
 import type { BottleneckAdapter } from '../src/pack/types.js';
 import { Random } from '../src/util/random.js';
+import { buildFixturePack, randomAdapter, writeAdapterFolder } from './support/fixture-pack.js';
 
 const TEXTS = [
   'the quick brown fox jumps over the lazy dog',

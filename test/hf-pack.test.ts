@@ -432,7 +432,7 @@ describe('npm run pack -- create, then npm run infer', () => {
       out,
     ]);
     assert.equal(created.stdout.trim(), out);
-    assert.match(created.stderr, /backbone graph: .*model\.onnx/);
+    assert.match(created.stderr, /pack graph: .*model\.onnx/);
     const inferred = await run('node', [
       'dist/src/tools/infer.js',
       '--pack',

@@ -16,14 +16,14 @@ import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import type { AppOptions } from '../src/app.js';
 import type { EmbeddedOptions } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
+import type { BottleneckAdapter } from '../src/pack/types.js';
+import { Random } from '../src/util/random.js';
 import {
   buildFixturePack,
   FIXTURE_HEADS,
   randomAdapter,
   writeAdapterFolder,
-} from '../src/pack/fixture.js';
-import type { BottleneckAdapter } from '../src/pack/types.js';
-import { Random } from '../src/util/random.js';
+} from './support/fixture-pack.js';
 import {
   buildTestService,
   keepEngineBusy,

@@ -6,17 +6,17 @@ import { after, before, describe, test } from 'node:test';
 import { ModelFrontend } from '../src/inference/model.js';
 import { TextTokenizer } from '../src/inference/tokenizer.js';
 import { PackError, type PackErrorCode } from '../src/pack/errors.js';
-import {
-  buildFixturePack,
-  FIXTURE_BIGRAM_BUCKETS,
-  randomAdapter,
-  writeAdapterFolder,
-} from '../src/pack/fixture.js';
 import { loadAdapterFolder } from '../src/pack/import/moe-serve.js';
 import { checkTokenizerFitsGates, loadPack } from '../src/pack/load.js';
 import { readSafetensors, writeSafetensors } from '../src/pack/safetensors.js';
 import type { BottleneckAdapter } from '../src/pack/types.js';
 import { Random } from '../src/util/random.js';
+import {
+  buildFixturePack,
+  FIXTURE_BIGRAM_BUCKETS,
+  randomAdapter,
+  writeAdapterFolder,
+} from './support/fixture-pack.js';
 
 const root = await mkdtemp(join(tmpdir(), 'pack-test-'));
 const base = join(root, 'base');

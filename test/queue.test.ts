@@ -17,14 +17,14 @@ import { nativeInputs, toInferRequest } from '../src/http/wire.js';
 import { type InferResult, Model } from '../src/inference/model.js';
 import { EmbeddedInference } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
+import { Random } from '../src/util/random.js';
 import {
   buildFixturePack,
   FIXTURE_LANGUAGES,
   FIXTURE_TEXTS,
   randomAdapter,
   writeAdapterFolder,
-} from '../src/pack/fixture.js';
-import { Random } from '../src/util/random.js';
+} from './support/fixture-pack.js';
 import {
   activeJobsOf,
   clusterEnv,

@@ -30,8 +30,10 @@
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { TextTokenizer } from '../inference/tokenizer.js';
-import { randomEncoderModel } from '../onnx/random-encoder.js';
-import { writeAdapterFolder } from '../pack/fixture.js';
+import { encoderModelBytes } from '../onnx/bert.js';
+import { randomEncoder } from '../onnx/random-encoder.js';
+import { writeBertFolder } from '../pack/hf-writer.js';
+import { writeAdapterFolder } from '../pack/import/moe-serve.js';
 import {
   FORMAT_VERSION,
   MANIFEST_FILE,
@@ -77,6 +79,8 @@ import {
 } from './train.js';
 
 export { DEMO_REPORT_FILE };
+/** The demo backbone's Hugging Face folder, inside the pack. */
+export const DEMO_BACKBONE_DIR = 'backbone';
 export const DEMO_PACK_VERSION = '1.0.0';
 
 export interface DemoBuildConfig {
@@ -484,9 +488,15 @@ export async function buildDemoPack(
   lap('tokenizer', `${vocab.length} WordPiece tokens; ${tokens} tokens to encode`);
 
   // 3. Backbone, frozen: full states of the article sentences, pooled states of the gate's text.
-  const backbone = randomEncoderModel({ ...config.backbone, vocabSize: vocab.length, seed });
-  await writeFile(join(dir, 'backbone.onnx'), backbone);
-  const runner = await BackboneRunner.create(backbone, d, config.threads);
+  // Stored as a Hugging Face folder: the server builds it into the pack graph, as it does users'
+  // models (one ORT run per batch), and the trainer runs the same encoder from its bytes.
+  const encoder = randomEncoder({ ...config.backbone, vocabSize: vocab.length, seed });
+  await writeBertFolder(join(dir, DEMO_BACKBONE_DIR), encoder.config, encoder.weights);
+  const runner = await BackboneRunner.create(
+    encoderModelBytes(encoder.config, encoder.weights),
+    d,
+    config.threads,
+  );
   let states: Float32Array[];
   let freshStates: Float32Array[];
   let gatePooled: Float64Array[];
@@ -825,7 +835,7 @@ export async function buildDemoPack(
     description:
       `Demo pack trained at build time on the UDHR: a learned gate routes each sentence to one of ${E} language adapters; ` +
       'the article (1-30) and theme heads each pin their task adapter. Held-out accuracies in report.json.',
-    backbone: { file: 'backbone.onnx', hidden_size: d, max_length: maxLength },
+    backbone: { huggingface: DEMO_BACKBONE_DIR, max_length: maxLength },
     tokenizer: { type: 'huggingface', file: 'tokenizer.json' },
     groups,
     heads: TASKS.map((t) => ({

@@ -2,16 +2,19 @@
  * Our own adapter folder format (adapter_config.json with "format": "moe-serve/adapter", and
  * adapter.safetensors): a bottleneck adapter on the backbone's last hidden state.
  */
-import { stat } from 'node:fs/promises';
+import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expectShape, readJson, readTensors } from '../checks.js';
 import { PackError } from '../errors.js';
 import {
   ADAPTER_CONFIG_FILE,
+  ADAPTER_FORMAT,
   ADAPTER_WEIGHTS_FILE,
   type AdapterConfig,
+  FORMAT_VERSION,
   validateAdapterConfig,
 } from '../manifest.js';
+import { writeSafetensors } from '../safetensors.js';
 import type { BottleneckAdapter } from '../types.js';
 
 export interface AdapterExpectations {
@@ -122,4 +125,27 @@ export async function loadAdapterFolder(
     up,
     upBias,
   };
+}
+
+/** Write `adapter` as an adapter folder of this format (the reader above reads it back). */
+export async function writeAdapterFolder(dir: string, adapter: BottleneckAdapter): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  const config: AdapterConfig = {
+    format: ADAPTER_FORMAT,
+    format_version: FORMAT_VERSION,
+    id: adapter.id,
+    group: adapter.group,
+    type: 'bottleneck',
+    hidden_size: adapter.hiddenSize,
+    rank: adapter.rank,
+    activation: adapter.activation,
+    residual: adapter.residual,
+  };
+  await writeFile(join(dir, ADAPTER_CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
+  await writeSafetensors(join(dir, ADAPTER_WEIGHTS_FILE), {
+    'down.weight': adapter.down,
+    'down.bias': adapter.downBias,
+    'up.weight': adapter.up,
+    'up.bias': adapter.upBias,
+  });
 }
