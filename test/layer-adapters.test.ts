@@ -7,14 +7,16 @@
  * after an unload, LoRA and bottleneck groups together.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { EngineItem } from '../src/engine/engine.js';
 import { Model } from '../src/inference/model.js';
-import { createPack } from '../src/pack/create.js';
+import { addAdapter, createPack } from '../src/pack/create.js';
 import type { LayerAdapter } from '../src/pack/layer-adapter-types.js';
+import { loadPack } from '../src/pack/load.js';
 import {
   type FixtureBackbone,
   writeAdapterHubFolder,
@@ -52,46 +54,29 @@ before(async () => {
   backbone = { family: 'bert', hiddenSize: 32, intermediateSize: 64, layers: 2 };
   const pack = await createPack({ backbone: hf.dir, out: join(root, 'pack'), name: 'layers' });
   packDir = pack.dir;
-  await writeAdapterHubFolder(join(packDir, 'adapters/x'), { backbone, seed: 11, name: 'x' });
-  await writeAdapterHubFolder(join(packDir, 'adapters/y'), { backbone, seed: 12, name: 'y' });
-  await writePeftLoraFolder(join(packDir, 'adapters/a'), { backbone, seed: 21, r: 4 });
-  await writePeftLoraFolder(join(packDir, 'adapters/b'), {
+  const sources = join(root, 'sources');
+  await writeAdapterHubFolder(join(sources, 'x'), { backbone, seed: 11, name: 'x' });
+  await writeAdapterHubFolder(join(sources, 'y'), { backbone, seed: 12, name: 'y' });
+  await writePeftLoraFolder(join(sources, 'a'), { backbone, seed: 21, r: 4 });
+  await writePeftLoraFolder(join(sources, 'b'), {
     backbone,
     seed: 22,
     r: 2,
     loraAlpha: 4,
     targetModules: ['query', 'value', 'dense'],
   });
-  const manifestPath = join(packDir, 'manifest.json');
-  const manifest = JSON.parse(await readFile(manifestPath, 'utf8')) as Record<string, unknown>;
-  manifest.groups = [
-    {
-      id: 'language',
-      placement: 'layers',
-      default_k: 1,
-      adapters: [
-        { id: 'x', path: 'adapters/x' },
-        { id: 'y', path: 'adapters/y' },
-      ],
-      gate: null,
-      default_adapter: 'x',
-    },
-    {
-      id: 'task',
-      placement: 'layers',
-      default_k: 1,
-      // Room for one more rank-4 adapter: a third slot, LoRA on every linear module.
-      slots: 3,
-      rank: 4,
-      adapters: [
-        { id: 'a', path: 'adapters/a' },
-        { id: 'b', path: 'adapters/b' },
-      ],
-      gate: null,
-      default_adapter: 'a',
-    },
-  ];
-  await writeFile(manifestPath, JSON.stringify(manifest, null, 2));
+  // As `npm run pack -- add-adapter` does: the first adapter of a group creates it (ungated, with
+  // that adapter as its default); the task group gets room for one more rank-4 adapter.
+  await addAdapter({ pack: packDir, group: 'language', adapter: join(sources, 'x') });
+  await addAdapter({ pack: packDir, group: 'language', adapter: join(sources, 'y') });
+  await addAdapter({
+    pack: packDir,
+    group: 'task',
+    adapter: join(sources, 'a'),
+    slots: 3,
+    rank: 4,
+  });
+  await addAdapter({ pack: packDir, group: 'task', adapter: join(sources, 'b') });
   model = await Model.open({ packDir, engine: { workers: 2, intraOpThreads: 1 }, log: () => {} });
 });
 
@@ -249,6 +234,47 @@ describe('in-layer adapters (PEFT LoRA and AdapterHub bottleneck) against the re
       model.registry.list().map((a) => a.id),
       before,
     );
+  });
+});
+
+describe('npm run pack -- add-adapter', () => {
+  it('adds a PEFT folder to a pack, which then loads with the new group; a bad folder changes nothing', async () => {
+    const pack = await createPack({ backbone: hf.dir, out: join(root, 'cli-pack'), name: 'cli' });
+    const peft = join(root, 'cli-lora');
+    await writePeftLoraFolder(peft, { backbone, seed: 51, r: 2 });
+    const run = (...args: string[]) =>
+      spawnSync(process.execPath, ['dist/src/tools/pack.js', 'add-adapter', ...args], {
+        encoding: 'utf8',
+      });
+    const added = run(
+      '--pack',
+      pack.dir,
+      '--group',
+      'task',
+      '--adapter',
+      peft,
+      '--id',
+      'lora1',
+      '--no-build',
+    );
+    assert.equal(added.status, 0, added.stderr);
+    assert.match(added.stderr, /group 'task' \(lora\) holds lora1/);
+    const loaded = await loadPack(pack.dir);
+    assert.deepEqual(
+      loaded.groups.map((g) => [g.id, g.structure.kind, g.defaultAdapter]),
+      [['task', 'lora', 'lora1']],
+    );
+    const bad = run(
+      '--pack',
+      pack.dir,
+      '--group',
+      'task',
+      '--adapter',
+      join(root, 'no-such-folder'),
+    );
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /adapter_config\.json/);
+    assert.equal((await loadPack(pack.dir)).groups[0]!.adapters.length, 1);
   });
 });
 

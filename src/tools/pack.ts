@@ -1,9 +1,11 @@
 /**
- * Command line: make a model pack from a model folder.
+ * Command line: make a model pack from a model folder, and add adapter folders to it.
  *
  *   npm run --silent pack -- create --backbone <hf-dir> --out models/<name>
  *        [--name ID] [--max-length N] [--pooling mean|cls|max] [--normalize true|false]
  *        [--onnx-export [--variant quantized]] [--no-build]
+ *   npm run --silent pack -- add-adapter --pack models/<name> --group ID --adapter <dir>
+ *        [--id ID] [--slots N] [--rank N] [--no-build]
  *
  * The pack serves embeddings at once (no adapter groups, no heads): `npm run infer -- --pack
  * models/<name> "text"` or `MODEL_DIR=models/<name> npm start`. For a Hugging Face folder the
@@ -12,7 +14,7 @@
  */
 import { parseArgs } from 'node:util';
 import { prepareEngineGraph } from '../inference/pack-graph-plan.js';
-import { createPack } from '../pack/create.js';
+import { addAdapter, createPack } from '../pack/create.js';
 import { isPackError } from '../pack/errors.js';
 import { POOLING_MODES, type PoolingMode } from '../pack/types.js';
 
@@ -26,7 +28,17 @@ const USAGE = `usage: npm run --silent pack -- create --backbone DIR --out DIR [
   --normalize BOOL     L2-normalise embeddings (default: the folder's Normalize module, else true)
   --onnx-export        the folder is an ONNX export (onnx/model.onnx or model.onnx)
   --variant quantized  with --onnx-export: run model_quantized.onnx
-  --no-build           do not build the backbone graph now (the first start builds it)`;
+  --no-build           do not build the pack graph now (the first start builds it)
+
+usage: npm run --silent pack -- add-adapter --pack DIR --group ID --adapter DIR [options]
+  --pack DIR           an existing pack
+  --group ID           the group to add it to (created, ungated, when the pack has none)
+  --adapter DIR        a PEFT LoRA folder or an AdapterHub folder (safetensors weights; inside
+                       the backbone's layers), or one of our own adapter folders (on top of it)
+  --id ID              the adapter's id (default: the folder's name)
+  --slots N, --rank N  for a new group: adapters held ready at once, and the largest rank a slot
+                       holds (room for adapters loaded later at run time)
+  --no-build           do not build the pack graph now`;
 
 async function main(): Promise<number> {
   let parsed: ReturnType<typeof parse>;
@@ -45,8 +57,10 @@ async function main(): Promise<number> {
     process.stderr.write(`${message}\n${USAGE}\n`);
     return 2;
   };
+  if (positionals[0] === 'add-adapter' && positionals.length === 1)
+    return addAdapterCommand(values, usage);
   if (positionals[0] !== 'create' || positionals.length !== 1)
-    return usage("the command is 'create'");
+    return usage("the command is 'create' or 'add-adapter'");
   if (values.backbone === undefined || values.out === undefined) {
     return usage('--backbone and --out are required');
   }
@@ -101,6 +115,54 @@ async function main(): Promise<number> {
   }
 }
 
+/** `add-adapter`: copy an adapter folder into a pack, list it, check the pack, build its graph. */
+async function addAdapterCommand(
+  values: ReturnType<typeof parse>['values'],
+  usage: (message: string) => number,
+): Promise<number> {
+  if (values.pack === undefined || values.group === undefined || values.adapter === undefined) {
+    return usage('--pack, --group and --adapter are required');
+  }
+  const count = (name: 'slots' | 'rank') => {
+    const raw = values[name];
+    if (raw === undefined) return undefined;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < 1)
+      throw new Error(`--${name} must be a positive integer`);
+    return value;
+  };
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  try {
+    const slots = count('slots');
+    const rank = count('rank');
+    const pack = await addAdapter({
+      pack: values.pack,
+      group: values.group,
+      adapter: values.adapter,
+      ...(values.id === undefined ? {} : { id: values.id }),
+      ...(slots === undefined ? {} : { slots }),
+      ...(rank === undefined ? {} : { rank }),
+    });
+    const group = pack.groups.find((g) => g.id === values.group)!;
+    log(
+      `[pack] ${pack.dir}: group '${group.id}' (${group.structure.kind}) holds ${group.adapters.map((a) => a.id).join(', ')}`,
+    );
+    if (values.build !== false && pack.backbone.kind === 'huggingface') {
+      const graph = await prepareEngineGraph(pack, { log });
+      log(`[pack] pack graph: ${String(graph.worker.model)}`);
+    }
+    process.stdout.write(`${pack.dir}\n`);
+    return 0;
+  } catch (error) {
+    process.stderr.write(
+      isPackError(error)
+        ? `error ${error.code}: ${error.message}\n`
+        : `error: ${error instanceof Error ? error.message : String(error)}\n`,
+    );
+    return 1;
+  }
+}
+
 function parse() {
   return parseArgs({
     allowPositionals: true,
@@ -115,6 +177,12 @@ function parse() {
       'onnx-export': { type: 'boolean' },
       variant: { type: 'string' },
       build: { type: 'boolean' },
+      pack: { type: 'string' },
+      group: { type: 'string' },
+      adapter: { type: 'string' },
+      id: { type: 'string' },
+      slots: { type: 'string' },
+      rank: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
