@@ -540,6 +540,15 @@ describe('happy paths, checked against the OpenAPI document', () => {
       }) >= 1,
     );
     assert.equal(metric(text, 'moe_adapters_loaded', { group: 'language' }), LANGUAGES.length);
+    // The gate's own distribution, not the routed weights: k = 1 routing still has entropy.
+    assert.ok(metric(text, 'moe_gate_entropy_nats_count', { group: 'language' }) >= 1);
+    assert.ok(metric(text, 'moe_gate_entropy_nats_sum', { group: 'language' }) > 0);
+    assert.ok(metric(text, 'moe_gate_margin_count', { group: 'language' }) >= 1);
+    assert.ok(metric(text, 'moe_routed_experts_count', { group: 'language' }) >= 1);
+    assert.equal(
+      metric(text, 'moe_adapter_slots', { group: 'language', state: 'used' }),
+      LANGUAGES.length,
+    );
     assert.equal(metric(text, 'moe_execution_provider_info', { provider: 'cpu' }), 1);
     assert.match(text, /^nodejs_eventloop_lag_seconds \S+$/m);
   });
