@@ -19,8 +19,8 @@ import { parseArgs } from 'node:util';
 import type { ExecutionProvider } from '../src/engine/protocol.js';
 import { listProviders } from '../src/engine/providers.js';
 import { type InferResult, Model } from '../src/inference/model.js';
-import { FIXTURE_TEXTS } from '../src/pack/fixture.js';
 import { ensurePack } from '../src/tools/default-pack.js';
+import { FIXTURE_TEXTS } from '../test/support/fixture-pack.js';
 import { log, median } from './support.js';
 
 const { values } = parseArgs({

@@ -39,7 +39,7 @@ import { parseArgs } from 'node:util';
 import { loadConfig } from '../src/config.js';
 import type { EngineItem } from '../src/engine/engine.js';
 import { Model } from '../src/inference/model.js';
-import { buildFixturePack } from '../src/pack/fixture.js';
+import { buildFixturePack } from '../test/support/fixture-pack.js';
 import { log, median, percentile, positiveInt, round2, round3, SENTENCES } from './support.js';
 
 const cores = availableParallelism();

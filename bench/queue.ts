@@ -31,7 +31,7 @@ import { Agent, request as httpRequest } from 'node:http';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { buildFixturePack } from '../src/pack/fixture.js';
+import { buildFixturePack } from '../test/support/fixture-pack.js';
 import {
   type HttpProc,
   metricSum,

@@ -31,7 +31,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Model } from '../src/inference/model.js';
-import { buildFixturePack } from '../src/pack/fixture.js';
+import { buildFixturePack } from '../test/support/fixture-pack.js';
 import { log, median, positiveInt, round2, SENTENCES } from './support.js';
 
 const { values } = parseArgs({

@@ -13,17 +13,16 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { importAdapterHubFolder } from '../src/adapters/import/adapterhub.js';
-import { pythonFloorDiv } from '../src/adapters/import/common.js';
+import type { EncoderConfig, EncoderFamily } from '../src/pack/encoder-types.js';
+import { PackError, type PackErrorCode } from '../src/pack/errors.js';
+import { importAdapterHubFolder } from '../src/pack/import/adapterhub.js';
+import { pythonFloorDiv } from '../src/pack/import/common.js';
 import {
   detectAdapterFormat,
   importAdapterFolder,
   importPeftFolder,
   readBaseModelParts,
-} from '../src/adapters/import/index.js';
-import type { EncoderConfig, EncoderFamily } from '../src/pack/encoder-types.js';
-import { PackError, type PackErrorCode } from '../src/pack/errors.js';
-import { randomAdapter, writeAdapterFolder } from '../src/pack/fixture.js';
+} from '../src/pack/import/index.js';
 import type { LoraAdapter } from '../src/pack/layer-adapter-types.js';
 import { readSafetensors, writeSafetensors } from '../src/pack/safetensors.js';
 import type { Head, Weight } from '../src/pack/types.js';
@@ -36,6 +35,7 @@ import {
   writeAdapterHubFolder,
   writePeftLoraFolder,
 } from './support/adapter-fixtures.js';
+import { randomAdapter, writeAdapterFolder } from './support/fixture-pack.js';
 import { writeHfFolder } from './support/hf-folder.js';
 
 const root = await mkdtemp(join(tmpdir(), 'adapter-import-'));

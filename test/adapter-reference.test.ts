@@ -10,10 +10,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { importAdapterHubFolder } from '../src/adapters/import/adapterhub.js';
-import { importPeftFolder } from '../src/adapters/import/peft.js';
 import type { EncoderConfig } from '../src/pack/encoder-types.js';
 import { parseHfConfig } from '../src/pack/hf-model.js';
+import { importAdapterHubFolder } from '../src/pack/import/adapterhub.js';
+import { importPeftFolder } from '../src/pack/import/peft.js';
 import type {
   BottleneckBlockWeights,
   BottleneckLayerAdapter,

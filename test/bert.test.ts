@@ -21,7 +21,7 @@ import {
   writeEncoderModel,
 } from '../src/onnx/bert.js';
 import type { EncoderHooks } from '../src/onnx/encoder-hooks.js';
-import { compilePackGraph } from '../src/onnx/pack-graph.js';
+import { compilePackGraph, packGraphBytes } from '../src/onnx/pack-graph.js';
 import {
   GRAPH_INPUT_IDS,
   GRAPH_INPUT_MASK,
@@ -320,7 +320,9 @@ describe('inside the pack graph (one session: backbone, pooling, embedding)', ()
         heads: [],
       });
       assert.equal(compiled.tokensInput, GRAPH_INPUT_IDS);
-      const session = await ort.InferenceSession.create(compiled.bytes, { intraOpNumThreads: 1 });
+      const session = await ort.InferenceSession.create(packGraphBytes(compiled), {
+        intraOpNumThreads: 1,
+      });
       const B = ids.length;
       const T = ids[0]!.length;
       const out = await session.run({

@@ -16,7 +16,7 @@ import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { VARIABLES } from '../src/config.js';
 import { Metrics } from '../src/metrics.js';
-import { buildFixturePack } from '../src/pack/fixture.js';
+import { buildFixturePack } from './support/fixture-pack.js';
 import { type ListeningApp, startListeningApp } from './support/listening-app.js';
 import { freePort } from './support/processes.js';
 

@@ -2,6 +2,7 @@
  * The engine end to end on a real fixture pack: real worker threads, real ORT sessions, the
  * compiled mixture graph, the adapter registry swapping graphs while batches stream through.
  */
+
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -9,8 +10,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { MoeError } from '../src/errors.js';
 import { Model } from '../src/inference/model.js';
-import { buildFixturePack, randomAdapter, writeAdapterFolder } from '../src/pack/fixture.js';
+import type { BottleneckAdapter } from '../src/pack/types.js';
 import { Random } from '../src/util/random.js';
+import { buildFixturePack, randomAdapter, writeAdapterFolder } from './support/fixture-pack.js';
 
 const TEXTS = [
   'the quick brown fox jumps over the lazy dog',
@@ -193,7 +195,7 @@ describe('adapter registry', () => {
       group: 'language',
       hiddenSize: model.pack.hiddenSize,
       rank: 3,
-      activation: model.pack.groups[0]!.adapters[0]!.activation,
+      activation: (model.pack.groups[0]!.adapters[0] as BottleneckAdapter).activation,
       residual: true,
     });
     await writeAdapterFolder(adapterDir, adapter);
@@ -231,7 +233,7 @@ describe('adapter registry', () => {
       group: 'language',
       hiddenSize: model.pack.hiddenSize,
       rank: 4,
-      activation: model.pack.groups[0]!.adapters[0]!.activation,
+      activation: (model.pack.groups[0]!.adapters[0] as BottleneckAdapter).activation,
       residual: true,
     });
     await writeAdapterFolder(dir, adapter);
@@ -257,7 +259,7 @@ describe('adapter registry', () => {
         group: 'language',
         hiddenSize: model.pack.hiddenSize + 8,
         rank: 2,
-        activation: model.pack.groups[0]!.adapters[0]!.activation,
+        activation: (model.pack.groups[0]!.adapters[0] as BottleneckAdapter).activation,
         residual: true,
       }),
     );
@@ -272,7 +274,7 @@ describe('adapter registry', () => {
         group: 'language',
         hiddenSize: model.pack.hiddenSize,
         rank: 2 + v,
-        activation: model.pack.groups[0]!.adapters[0]!.activation,
+        activation: (model.pack.groups[0]!.adapters[0] as BottleneckAdapter).activation,
         residual: v !== 1,
       }),
     );
@@ -361,7 +363,7 @@ describe('slots: more adapters than slots', () => {
           group: 'language',
           hiddenSize: model.pack.hiddenSize,
           rank: 4,
-          activation: model.pack.groups[0]!.adapters[0]!.activation,
+          activation: (model.pack.groups[0]!.adapters[0] as BottleneckAdapter).activation,
           residual: true,
         }),
       );

@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { Model } from '../src/inference/model.js';
-import { buildFixturePack } from '../src/pack/fixture.js';
 import { loadPack } from '../src/pack/load.js';
 import { fitTokenBagGate } from '../src/tools/fit-gate.js';
+import { buildFixturePack } from './support/fixture-pack.js';
 
 const FIT_GATE = new URL('../src/tools/fit-gate.js', import.meta.url).pathname;
 

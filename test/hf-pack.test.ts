@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { Model } from '../src/inference/model.js';
-import { prepareBackbone } from '../src/onnx/backbone-cache.js';
+import { prepareEngineGraph } from '../src/inference/pack-graph-plan.js';
 import { writeEncoderModel } from '../src/onnx/bert.js';
 import { createPack } from '../src/pack/create.js';
 import { PackError, type PackErrorCode } from '../src/pack/errors.js';
@@ -160,15 +160,15 @@ describe('a Hugging Face folder served as a pack backbone', () => {
     const hf = await writeHfFolder(fresh('hf'), { family: 'bert' });
     const pack = await createPack({ backbone: hf.dir, out: fresh('pack') });
     assert.equal(pack.backbone.kind, 'huggingface');
-    const first = await prepareBackbone(pack.dir, pack.manifest.name, pack.backbone);
+    const graphOf = async (loaded: typeof pack) => {
+      const graph = await prepareEngineGraph(loaded);
+      return { path: String(graph.worker.model), built: graph.built };
+    };
+    const first = await graphOf(pack);
     assert.equal(first.built, true);
-    assert.ok(first.path.startsWith(join(pack.dir, '.cache', 'backbone')));
+    assert.ok(first.path.startsWith(join(pack.dir, '.cache', 'graph')));
     const { mtimeMs } = await stat(first.path);
-    const again = await prepareBackbone(
-      pack.dir,
-      pack.manifest.name,
-      (await loadPack(pack.dir)).backbone,
-    );
+    const again = await graphOf(await loadPack(pack.dir));
     assert.deepEqual(again, { path: first.path, built: false });
     assert.equal((await stat(first.path)).mtimeMs, mtimeMs);
 
@@ -179,14 +179,10 @@ describe('a Hugging Face folder served as a pack backbone', () => {
     bytes.writeUInt8(bytes.readUInt8(last) ^ 0x40, last);
     await rm(weights); // the pack's file may be a hard link to the source: replace, not edit
     await writeFile(weights, bytes);
-    const changed = await prepareBackbone(
-      pack.dir,
-      pack.manifest.name,
-      (await loadPack(pack.dir)).backbone,
-    );
+    const changed = await graphOf(await loadPack(pack.dir));
     assert.equal(changed.built, true);
     assert.notEqual(changed.path, first.path);
-    assert.deepEqual(await readdir(join(pack.dir, '.cache', 'backbone')), [
+    assert.deepEqual(await readdir(join(pack.dir, '.cache', 'graph')), [
       changed.path.split('/').at(-2)!,
     ]);
 
@@ -436,7 +432,7 @@ describe('npm run pack -- create, then npm run infer', () => {
       out,
     ]);
     assert.equal(created.stdout.trim(), out);
-    assert.match(created.stderr, /backbone graph: .*model\.onnx/);
+    assert.match(created.stderr, /pack graph: .*model\.onnx/);
     const inferred = await run('node', [
       'dist/src/tools/infer.js',
       '--pack',

@@ -19,13 +19,13 @@ import { after, before, describe, it } from 'node:test';
 import type { LightMyRequestResponse } from 'fastify';
 import { PARSE_OFF_THREAD_BYTES } from '../src/http/json-body.js';
 import { LONG_STRING, poolLongStrings } from '../src/http/json-body-worker.js';
+import { Random } from '../src/util/random.js';
 import {
   buildFixturePack,
   FIXTURE_TEXTS,
   randomAdapter,
   writeAdapterFolder,
-} from '../src/pack/fixture.js';
-import { Random } from '../src/util/random.js';
+} from './support/fixture-pack.js';
 import {
   buildTestService,
   keepEngineBusy,

@@ -27,7 +27,7 @@ import { buildApp } from '../src/app.js';
 import { Model } from '../src/inference/model.js';
 import { EmbeddedInference } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
-import { buildFixturePack, FIXTURE_TEXTS } from '../src/pack/fixture.js';
+import { buildFixturePack, FIXTURE_TEXTS } from './support/fixture-pack.js';
 
 // --- helpers ------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@
  * listening server where a socket has to go away. The OpenAPI document the app serves is the
  * contract every answer is checked against.
  */
+
 import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,13 +16,14 @@ import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import type { AppOptions } from '../src/app.js';
 import type { EmbeddedOptions } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
+import type { BottleneckAdapter } from '../src/pack/types.js';
+import { Random } from '../src/util/random.js';
 import {
   buildFixturePack,
   FIXTURE_HEADS,
   randomAdapter,
   writeAdapterFolder,
-} from '../src/pack/fixture.js';
-import { Random } from '../src/util/random.js';
+} from './support/fixture-pack.js';
 import {
   buildTestService,
   keepEngineBusy,
@@ -538,6 +540,15 @@ describe('happy paths, checked against the OpenAPI document', () => {
       }) >= 1,
     );
     assert.equal(metric(text, 'moe_adapters_loaded', { group: 'language' }), LANGUAGES.length);
+    // The gate's own distribution, not the routed weights: k = 1 routing still has entropy.
+    assert.ok(metric(text, 'moe_gate_entropy_nats_count', { group: 'language' }) >= 1);
+    assert.ok(metric(text, 'moe_gate_entropy_nats_sum', { group: 'language' }) > 0);
+    assert.ok(metric(text, 'moe_gate_margin_count', { group: 'language' }) >= 1);
+    assert.ok(metric(text, 'moe_routed_experts_count', { group: 'language' }) >= 1);
+    assert.equal(
+      metric(text, 'moe_adapter_slots', { group: 'language', state: 'used' }),
+      LANGUAGES.length,
+    );
     assert.equal(metric(text, 'moe_execution_provider_info', { provider: 'cpu' }), 1);
     assert.match(text, /^nodejs_eventloop_lag_seconds \S+$/m);
   });
@@ -874,7 +885,7 @@ describe('admin routes with a key: auth, adapter load, use and unload', () => {
         group: 'language',
         hiddenSize: service.model.pack.hiddenSize,
         rank,
-        activation: service.model.pack.groups[0]!.adapters[0]!.activation,
+        activation: (service.model.pack.groups[0]!.adapters[0] as BottleneckAdapter).activation,
       }),
     );
     return dir;

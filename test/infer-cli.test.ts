@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Model } from '../src/inference/model.js';
-import { buildFixturePack, FIXTURE_TEXTS } from '../src/pack/fixture.js';
+import { buildFixturePack, FIXTURE_TEXTS } from './support/fixture-pack.js';
 
 const CLI = new URL('../src/tools/infer.js', import.meta.url).pathname;
 const TEXTS = FIXTURE_TEXTS.slice(0, 3);

@@ -8,13 +8,13 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import { Model } from '../src/inference/model.js';
-import { backboneKey, prepareBackbone } from '../src/onnx/backbone-cache.js';
+import { prepareEngineGraph } from '../src/inference/pack-graph-plan.js';
 import {
   ENCODER_INPUT_IDS,
   ENCODER_INPUT_MASK,
@@ -313,7 +313,7 @@ async function expectPackError(
 }
 
 describe('backbone.quantize in a pack', () => {
-  test('builds an int8 graph under its own cache key; the float32 key is unchanged', async () => {
+  test('builds the pack graph with an int8 backbone under its own cache key; serves it', async () => {
     const hf = await writeHfFolder(fresh('hf'), { family: 'bert', seed: 4 });
     const float = await createPack({ backbone: hf.dir, out: fresh('pack') });
     const int8 = await createPack({ backbone: hf.dir, out: fresh('pack'), quantize: 'int8' });
@@ -321,15 +321,28 @@ describe('backbone.quantize in a pack', () => {
     assert.equal(float.manifest.backbone.quantize, undefined);
     assert.ok(int8.backbone.kind === 'huggingface' && int8.backbone.quantize === 'int8');
     assert.ok(float.backbone.kind === 'huggingface' && float.backbone.quantize === 'none');
-    const floatKey = await backboneKey(float.backbone);
-    const int8Key = await backboneKey(int8.backbone);
-    assert.notEqual(floatKey, int8Key);
-    assert.equal(await backboneKey({ ...int8.backbone, quantize: 'none' }), floatKey);
-
-    const built = await prepareBackbone(int8.dir, int8.manifest.name, int8.backbone);
-    assert.ok(built.path.includes(int8Key));
-    const ops = await optimizedOps(built.path);
-    assert.ok((ops['com.microsoft.DynamicQuantizeMatMul'] ?? 0) > 0);
+    // The pack graphs (backbone built in) in one cache folder, as <pack name>-<key>/model.onnx.
+    const cacheDir = fresh('cache');
+    const graphOf = async (dir: string) => {
+      const pack = await loadPack(dir);
+      const graph = await prepareEngineGraph(pack, { cacheDir });
+      const path = graph.worker.model as string;
+      return { path, key: basename(dirname(path)).slice(pack.manifest.name.length + 1) };
+    };
+    const floatGraph = await graphOf(float.dir);
+    const int8Graph = await graphOf(int8.dir);
+    assert.match(int8Graph.key, /^[0-9a-f]{32}$/);
+    assert.notEqual(floatGraph.key, int8Graph.key);
+    const floatOps = await optimizedOps(floatGraph.path);
+    const int8Ops = await optimizedOps(int8Graph.path);
+    assert.equal(floatOps['com.microsoft.DynamicQuantizeMatMul'], undefined);
+    assert.equal(int8Ops['com.microsoft.DynamicQuantizeMatMul'], 4 * 2); // 2 layers
+    // quantize "none" written out is the default: the same key as without the field.
+    const manifestPath = join(float.dir, MANIFEST_FILE);
+    const manifest = JSON.parse(await readFile(manifestPath, 'utf8'));
+    manifest.backbone.quantize = 'none';
+    await writeFile(manifestPath, JSON.stringify(manifest));
+    assert.equal((await graphOf(float.dir)).key, floatGraph.key);
 
     // Served through the engine: close to the float32 pack's embeddings.
     const ids = [
@@ -459,8 +472,10 @@ describe('command-line flags', () => {
       '--quantize',
       'int8',
     ]);
-    assert.match(created.stderr, /bert backbone graph|building the int8 bert graph/);
     assert.match(created.stderr, /huggingface \(int8\) backbone/);
+    const graph = /\[pack\] pack graph: (\S+)/.exec(created.stderr)?.[1];
+    assert.ok(graph !== undefined, created.stderr);
+    assert.equal((await optimizedOps(graph))['com.microsoft.DynamicQuantizeMatMul'], 4 * 2);
     const manifest = JSON.parse(await readFile(join(out, MANIFEST_FILE), 'utf8'));
     assert.equal(manifest.backbone.quantize, 'int8');
 

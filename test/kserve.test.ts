@@ -9,8 +9,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { buildFixturePack, randomAdapter, writeAdapterFolder } from '../src/pack/fixture.js';
 import { Random } from '../src/util/random.js';
+import { buildFixturePack, randomAdapter, writeAdapterFolder } from './support/fixture-pack.js';
 import {
   type ListeningApp,
   maxAbsDiff,

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import OpenAI, { APIError } from 'openai';
 import { Tokenizer } from 'tokenizers';
-import { buildFixturePack } from '../src/pack/fixture.js';
+import { buildFixturePack } from './support/fixture-pack.js';
 import {
   type ListeningApp,
   maxAbsDiff,

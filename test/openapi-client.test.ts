@@ -13,8 +13,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import openapiTS, { astToString } from 'openapi-typescript';
 import ts from 'typescript';
-import { buildFixturePack, randomAdapter, writeAdapterFolder } from '../src/pack/fixture.js';
 import { Random } from '../src/util/random.js';
+import { buildFixturePack, randomAdapter, writeAdapterFolder } from './support/fixture-pack.js';
 import { type ListeningApp, startListeningApp } from './support/listening-app.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));

@@ -8,7 +8,7 @@ import { describe, test } from 'node:test';
 import * as ort from 'onnxruntime-node';
 import { type SlotAdapter, type SlotGroup, slotWrites } from '../src/adapters/slot-writer.js';
 import { type GroupPlan, groupFeeds } from '../src/engine/routing.js';
-import { compilePackGraph, type GraphGroup } from '../src/onnx/pack-graph.js';
+import { compilePackGraph, type GraphGroup, packGraphBytes } from '../src/onnx/pack-graph.js';
 import {
   type BankSpec,
   GRAPH_INPUT_HIDDEN,
@@ -288,7 +288,7 @@ async function check(
       bank.rows,
       ...bank.rowShape,
     ]);
-  const session = await ort.InferenceSession.create(compiled.bytes);
+  const session = await ort.InferenceSession.create(packGraphBytes(compiled));
   const out = await session.run(feeds);
   await session.release();
 

@@ -6,15 +6,17 @@ import { after, before, describe, test } from 'node:test';
 import { ModelFrontend } from '../src/inference/model.js';
 import { TextTokenizer } from '../src/inference/tokenizer.js';
 import { PackError, type PackErrorCode } from '../src/pack/errors.js';
+import { loadAdapterFolder } from '../src/pack/import/moe-serve.js';
+import { checkTokenizerFitsGates, loadPack } from '../src/pack/load.js';
+import { readSafetensors, writeSafetensors } from '../src/pack/safetensors.js';
+import type { BottleneckAdapter } from '../src/pack/types.js';
+import { Random } from '../src/util/random.js';
 import {
   buildFixturePack,
   FIXTURE_BIGRAM_BUCKETS,
   randomAdapter,
   writeAdapterFolder,
-} from '../src/pack/fixture.js';
-import { checkTokenizerFitsGates, loadAdapterFolder, loadPack } from '../src/pack/load.js';
-import { readSafetensors, writeSafetensors } from '../src/pack/safetensors.js';
-import { Random } from '../src/util/random.js';
+} from './support/fixture-pack.js';
 
 const root = await mkdtemp(join(tmpdir(), 'pack-test-'));
 const base = join(root, 'base');
@@ -82,7 +84,7 @@ describe('fixture pack', () => {
     );
     const [language, task] = pack.groups;
     assert.deepEqual(
-      language!.adapters.map((a) => [a.id, a.rank, a.group]),
+      (language!.adapters as BottleneckAdapter[]).map((a) => [a.id, a.rank, a.group]),
       [
         ['en', 4, 'language'],
         ['de', 8, 'language'],
@@ -90,7 +92,7 @@ describe('fixture pack', () => {
         ['ru', 8, 'language'],
       ],
     );
-    const en = language!.adapters[0]!;
+    const en = language!.adapters[0] as BottleneckAdapter;
     assert.deepEqual(en.down.shape, [32, 4]);
     assert.deepEqual(en.downBias.shape, [4]);
     assert.deepEqual(en.up.shape, [4, 32]);
@@ -134,7 +136,7 @@ describe('fixture pack', () => {
     const pack = await loadPack(dir);
     const [language, task] = pack.groups;
     assert.deepEqual(
-      language!.adapters.map((a) => a.rank),
+      (language!.adapters as BottleneckAdapter[]).map((a) => a.rank),
       [3, 5, 3, 5, 3, 5],
     );
     assert.equal(language!.defaultK, 2);

@@ -18,7 +18,7 @@ import { loadConfig } from '../src/config.js';
 import type { ExecutionProvider } from '../src/engine/protocol.js';
 import { MoeError } from '../src/errors.js';
 import { Model } from '../src/inference/model.js';
-import { buildFixturePack, FIXTURE_TEXTS } from '../src/pack/fixture.js';
+import { buildFixturePack, FIXTURE_TEXTS } from './support/fixture-pack.js';
 import {
   freePort,
   metricSum,

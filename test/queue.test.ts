@@ -17,14 +17,14 @@ import { nativeInputs, toInferRequest } from '../src/http/wire.js';
 import { type InferResult, Model } from '../src/inference/model.js';
 import { EmbeddedInference } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
+import { Random } from '../src/util/random.js';
 import {
   buildFixturePack,
   FIXTURE_LANGUAGES,
   FIXTURE_TEXTS,
   randomAdapter,
   writeAdapterFolder,
-} from '../src/pack/fixture.js';
-import { Random } from '../src/util/random.js';
+} from './support/fixture-pack.js';
 import {
   activeJobsOf,
   clusterEnv,
@@ -448,7 +448,7 @@ describe('queue mode: one API node, two workers, real Redis', () => {
     const folder = await adapterFolder('nl', 'nl', 21);
     const pinned = (i: number): InferBody => ({ ...body(i), language: 'nl' });
     // Embedded mode's answers with the same folder loaded.
-    await embedded.inference.loadAdapter(folder, 'nl');
+    await embedded.inference.loadAdapter(folder, { id: 'nl' });
     const want = await Promise.all(
       Array.from({ length: 200 }, (_, i) =>
         embedded.inference.infer(toInferRequest(nativeInputs(pinned(i).inputs), pinned(i)), {

@@ -12,11 +12,11 @@ import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { MoeError } from '../src/errors.js';
 import { ModelFrontend } from '../src/inference/model.js';
-import { buildFixturePack, randomAdapter, writeAdapterFolder } from '../src/pack/fixture.js';
 import { queueKeys } from '../src/transport/contract.js';
 import { RedisClock } from '../src/transport/redis.js';
 import { type RegistryEntry, RegistrySync } from '../src/transport/registry-sync.js';
 import { Random } from '../src/util/random.js';
+import { buildFixturePack, randomAdapter, writeAdapterFolder } from './support/fixture-pack.js';
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const keys = queueKeys({ prefix: `moe-registry-test-${process.pid}-${Date.now()}`, name: 'q' });

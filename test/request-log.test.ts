@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
-import { buildFixturePack } from '../src/pack/fixture.js';
+import { buildFixturePack } from './support/fixture-pack.js';
 import { buildTestService } from './support/listening-app.js';
 
 interface LogLine {

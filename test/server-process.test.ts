@@ -8,7 +8,7 @@ import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { buildFixturePack, FIXTURE_TEXTS } from '../src/pack/fixture.js';
+import { buildFixturePack, FIXTURE_TEXTS } from './support/fixture-pack.js';
 
 const MAIN = new URL('../src/main.js', import.meta.url).pathname;
 

@@ -23,9 +23,9 @@ import {
 import { Model } from '../src/inference/model.js';
 import { GraphBuilder } from '../src/onnx/graph.js';
 import { tokenBagFeatures, tokenBagLogits } from '../src/onnx/token-bag.js';
-import { buildFixturePack } from '../src/pack/fixture.js';
 import type { Activation, TokenBagGate, Weight } from '../src/pack/types.js';
 import { Random } from '../src/util/random.js';
+import { buildFixturePack } from './support/fixture-pack.js';
 import { tokenBagReference } from './support/token-bag-reference.js';
 
 const weight = (rng: Random, shape: number[], std: number): Weight => ({

@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { Tokenizer } from 'tokenizers';
 import { MoeError } from '../src/errors.js';
 import { TextTokenizer } from '../src/inference/tokenizer.js';
-import { buildFixturePack, FIXTURE_TEXTS } from '../src/pack/fixture.js';
+import { buildFixturePack, FIXTURE_TEXTS } from './support/fixture-pack.js';
 import { byteLevelBpeJson, unigramJson } from './support/tokenizer-files.js';
 
 const MAX_LENGTH = 32;

@@ -15,13 +15,16 @@
  *   (ADAPTER_IN_USE): requests that name nothing would otherwise fail with an error about an
  *   adapter they never asked for.
  */
-import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { basename } from 'node:path';
 import type { GroupView, RoutingView } from '../engine/routing.js';
 import { MoeError } from '../errors.js';
 import { isPackError } from '../pack/errors.js';
+import { detectAdapterFormat, importAdapterFolder } from '../pack/import/index.js';
+import { loadAdapterFolder } from '../pack/import/moe-serve.js';
+import type { LayerAdapter } from '../pack/layer-adapter-types.js';
 import type { LoadedPack } from '../pack/load.js';
-import { loadAdapterFolder } from '../pack/load.js';
+import { contentDigest } from '../util/digest.js';
 import {
   kindOf,
   misfit,
@@ -53,6 +56,13 @@ export interface AdapterInfo {
 }
 
 /** Where adapters go: the engine (slots in every worker). */
+export interface LoadAdapterOptions {
+  /** Serve it under this id (default: its config's id, or the folder's name). */
+  readonly id?: string;
+  /** The group to load it into (default: its config's, or the one group of its kind). */
+  readonly group?: string;
+}
+
 export interface AdapterHost {
   putAdapter(
     id: string,
@@ -185,17 +195,30 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
     return infos;
   }
 
+  /** The weights of every adapter served now, by id (what the engine's slots hold or will). */
+  entries(): Map<string, SlotAdapter> {
+    const out = new Map<string, SlotAdapter>();
+    for (const entries of this.served.values()) {
+      for (const [id, entry] of entries) out.set(id, entry.adapter);
+    }
+    return out;
+  }
+
   get(id: string): AdapterInfo | undefined {
     return this.list().find((info) => info.id === id);
   }
 
   /**
-   * Load (or replace) the adapter in `folder`, into the group its config names. `options.id`
-   * serves it under another id than its config's.
+   * Load (or replace) the adapter in `folder`: our own adapter folder (its config names its group
+   * and id), a PEFT LoRA folder or an AdapterHub folder (in-layer adapters, for packs whose
+   * backbone is a Hugging Face folder). `options.id` serves it under that id (default: the config's
+   * id, or the folder's name); `options.group` names the group (default: the config's, or the one
+   * in-layer group of the adapter's kind). A head saved with a PEFT adapter is served only when the
+   * adapter is part of the pack (the pack graph holds the heads; loading never rebuilds it).
    * Rejects with ADAPTER_INVALID (the folder is wrong or does not fit: the message says what to
    * fix), ADAPTER_BUSY, ADAPTER_SLOTS_FULL, or an ENGINE_* error; the served set is then unchanged.
    */
-  load(folder: string, options: { id?: string } = {}): Promise<AdapterInfo> {
+  load(folder: string, options: LoadAdapterOptions = {}): Promise<AdapterInfo> {
     return this.serialise(async () => {
       const started = performance.now();
       const fail = (failure: MoeError, id: string): never => {
@@ -204,17 +227,18 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
       };
       let adapter: SlotAdapter;
       try {
-        adapter = await loadAdapterFolder(folder, {
-          hiddenSize: this.pack.hiddenSize,
-          groups: this.pack.groups.map((g) => g.id),
-        });
+        adapter = await this.read(folder, options);
       } catch (error) {
         return fail(
-          new MoeError(
-            'ADAPTER_INVALID',
-            isPackError(error) ? error.message : `${folder}: ${messageOf(error)}`,
-            isPackError(error) ? { file: error.file, field: error.field, reason: error.code } : {},
-          ),
+          error instanceof MoeError
+            ? error
+            : new MoeError(
+                'ADAPTER_INVALID',
+                isPackError(error) ? error.message : `${folder}: ${messageOf(error)}`,
+                isPackError(error)
+                  ? { file: error.file, field: error.field, reason: error.code }
+                  : {},
+              ),
           options.id ?? folder,
         );
       }
@@ -346,6 +370,47 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
 
   // --- internals ----------------------------------------------------------------------------
 
+  /** Read and check an adapter folder of any supported format (see `load`). */
+  private async read(folder: string, options: LoadAdapterOptions): Promise<SlotAdapter> {
+    const format = await detectAdapterFormat(folder);
+    if (format === 'moe-serve') {
+      const adapter = await loadAdapterFolder(folder, {
+        hiddenSize: this.pack.hiddenSize,
+        groups: this.pack.groups.map((g) => g.id),
+        ...(options.group === undefined ? {} : { group: options.group }),
+      });
+      return options.id === undefined ? adapter : { ...adapter, id: options.id };
+    }
+    const backbone = this.pack.backbone;
+    if (backbone.kind !== 'huggingface') {
+      throw new MoeError(
+        'ADAPTER_INVALID',
+        `${folder}: ${format === 'peft' ? 'a PEFT LoRA' : 'an AdapterHub'} adapter sits inside the backbone's layers, and this pack's backbone is an ONNX ${backbone.kind === 'onnx' ? 'file' : 'export'}, which hosts top-of-backbone adapters only; make the pack from the model's Hugging Face folder (npm run pack -- create).`,
+        { format },
+      );
+    }
+    const kind = format === 'peft' ? 'lora' : 'bottleneck-layers';
+    const candidates = this.pack.groups.filter((g) => g.structure.kind === kind).map((g) => g.id);
+    const group = options.group ?? (candidates.length === 1 ? candidates[0] : undefined);
+    if (group === undefined || !candidates.includes(group)) {
+      throw new MoeError(
+        'ADAPTER_INVALID',
+        candidates.length === 0
+          ? `${folder}: this pack has no group for ${kind} adapters; add one with placement 'layers' to the pack.`
+          : `${folder}: name the group to load it into ('group': ${candidates.join(' or ')}).`,
+        { field: 'group', choices: candidates },
+      );
+    }
+    const imported = await importAdapterFolder(folder, {
+      id: options.id ?? basename(folder),
+      group,
+      backbone: backbone.info.config,
+      groups: this.pack.groups.map((g) => g.id),
+    });
+    const { head: _ignored, ...adapter } = imported.adapter as LayerAdapter;
+    return adapter as SlotAdapter;
+  }
+
   private serialise<T>(work: () => Promise<T>): Promise<T> {
     const run = this.chain.then(work);
     this.chain = run.catch(() => undefined);
@@ -420,21 +485,9 @@ function activationOf(adapter: SlotAdapter): string | undefined {
   return adapter.kind === 'bottleneck-layers' ? adapter.placement.activation : undefined;
 }
 
-/** Content digest: the adapter's config fields and every weight byte, in a fixed order. */
+/** Content digest: the adapter's config fields and every weight byte. */
 function digestOf(adapter: SlotAdapter): string {
-  const hash = createHash('sha256');
-  const arrays: Float32Array[] = [];
-  const config = JSON.stringify(adapter, (_key, value) => {
-    if (value instanceof Float32Array) {
-      arrays.push(value);
-      return `#${arrays.length - 1}`;
-    }
-    return value;
-  });
-  hash.update(config);
-  for (const data of arrays)
-    hash.update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-  return hash.digest('hex');
+  return contentDigest(adapter);
 }
 
 function asMoeError(error: unknown): MoeError {

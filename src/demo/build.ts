@@ -24,8 +24,9 @@
  *                 over the float32 weights as written (forward.ts), with chance levels; and what
  *                 an int8 backbone costs (int8-quality.ts): the same encoder built with int8
  *                 projections, scored on the held-out sentences with the same trained parts.
- *                 With `backboneQuantize: 'int8'` (--quantize int8) the pack's backbone.onnx is
- *                 that int8 graph; the trained parts are the same either way (trained on float32).
+ *                 With `backboneQuantize: 'int8'` (--quantize int8) the manifest says
+ *                 `backbone.quantize: "int8"`, so the server builds that int8 graph; the trained
+ *                 parts are the same either way (trained on float32 states).
  *
  * Same seed, same bytes: every random choice comes from seeded generators, iteration orders are
  * fixed, JSON is written with fixed key order, and no time or path goes into a file (timings are
@@ -34,9 +35,11 @@
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { TextTokenizer } from '../inference/tokenizer.js';
-import { randomEncoderModel } from '../onnx/random-encoder.js';
+import { encoderModelBytes } from '../onnx/bert.js';
+import { randomEncoder } from '../onnx/random-encoder.js';
 import type { BackboneQuantize } from '../pack/encoder-types.js';
-import { writeAdapterFolder } from '../pack/fixture.js';
+import { writeBertFolder } from '../pack/hf-writer.js';
+import { writeAdapterFolder } from '../pack/import/moe-serve.js';
 import {
   FORMAT_VERSION,
   MANIFEST_FILE,
@@ -83,6 +86,8 @@ import {
 } from './train.js';
 
 export { DEMO_REPORT_FILE };
+/** The demo backbone's Hugging Face folder, inside the pack. */
+export const DEMO_BACKBONE_DIR = 'backbone';
 export const DEMO_PACK_VERSION = '1.0.0';
 
 export interface DemoBuildConfig {
@@ -498,12 +503,18 @@ export async function buildDemoPack(
   lap('tokenizer', `${vocab.length} WordPiece tokens; ${tokens} tokens to encode`);
 
   // 3. Backbone, frozen: full states of the article sentences, pooled states of the gate's text.
-  const encoder = { ...config.backbone, vocabSize: vocab.length, seed };
-  const backbone = randomEncoderModel(encoder);
-  const int8Backbone = randomEncoderModel(encoder, { quantize: 'int8' });
+  // Stored as a Hugging Face folder: the server builds it into the pack graph, as it does users'
+  // models (one ORT run per batch), and the trainer runs the same encoder from its bytes. The
+  // trainer always reads float32 states; with backboneQuantize 'int8' the manifest asks the server
+  // to build the graph with int8 projections (backbone.quantize).
+  const encoder = randomEncoder({ ...config.backbone, vocabSize: vocab.length, seed });
+  await writeBertFolder(join(dir, DEMO_BACKBONE_DIR), encoder.config, encoder.weights);
   const served = config.backboneQuantize === 'int8' ? 'int8' : 'float32';
-  await writeFile(join(dir, 'backbone.onnx'), served === 'int8' ? int8Backbone : backbone);
-  const runner = await BackboneRunner.create(backbone, d, config.threads);
+  const runner = await BackboneRunner.create(
+    encoderModelBytes(encoder.config, encoder.weights),
+    d,
+    config.threads,
+  );
   let states: Float32Array[];
   let freshStates: Float32Array[];
   let gatePooled: Float64Array[];
@@ -515,7 +526,11 @@ export async function buildDemoPack(
     await runner.release();
   }
   // The int8 backbone's states of the held-out sentences, for the report's int8 section.
-  const int8Runner = await BackboneRunner.create(int8Backbone, d, config.threads);
+  const int8Runner = await BackboneRunner.create(
+    encoderModelBytes(encoder.config, encoder.weights, { quantize: 'int8' }),
+    d,
+    config.threads,
+  );
   const int8States = new Map<number, Float32Array>();
   try {
     const held = indices((s) => s.split === 'heldout');
@@ -871,7 +886,11 @@ export async function buildDemoPack(
     description:
       `Demo pack trained at build time on the UDHR: a learned gate routes each sentence to one of ${E} language adapters; ` +
       'the article (1-30) and theme heads each pin their task adapter. Held-out accuracies in report.json.',
-    backbone: { file: 'backbone.onnx', hidden_size: d, max_length: maxLength },
+    backbone: {
+      huggingface: DEMO_BACKBONE_DIR,
+      ...(served === 'int8' ? { quantize: 'int8' as const } : {}),
+      max_length: maxLength,
+    },
     tokenizer: { type: 'huggingface', file: 'tokenizer.json' },
     groups,
     heads: TASKS.map((t) => ({
@@ -884,11 +903,7 @@ export async function buildDemoPack(
         chance: headEntries[t.id]!.chance,
       },
     })),
-    metadata: {
-      report: DEMO_REPORT_FILE,
-      seed,
-      ...(served === 'int8' ? { backbone_quantize: 'int8' } : {}),
-    },
+    metadata: { report: DEMO_REPORT_FILE, seed },
   };
   await writeFile(join(dir, MANIFEST_FILE), json(manifest));
   await assertReplaceable(target);

@@ -708,7 +708,13 @@ export class Engine extends EventEmitter<EngineEvents> {
             this.settleAck(worker, message.ack);
             return;
           case 'slot-failed':
-            if (message.ack !== undefined) this.settleAck(worker, message.ack, message.message);
+            if (message.ack !== undefined) {
+              this.settleAck(worker, message.ack, message.message);
+              return;
+            }
+            // A catch-up or on-demand write failed: this worker's slots no longer match the
+            // table, so nothing it runs can be trusted. Replace it.
+            this.replace(slot, `a slot write failed: ${message.message}`);
             return;
         }
       });
@@ -753,11 +759,32 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   private onBatchTimeout(slot: WorkerSlot, id: number): void {
     if (!slot.inFlight.has(id) || slot.retired) return;
-    const error = new MoeError(
-      'ENGINE_TIMEOUT',
-      `The engine did not finish this batch within ${this.options.batchTimeoutMs} ms; its worker is being replaced. Retry the request.`,
-      { retryAfterSeconds: 1 },
+    this.replace(
+      slot,
+      'batch timeout',
+      new MoeError(
+        'ENGINE_TIMEOUT',
+        `The engine did not finish this batch within ${this.options.batchTimeoutMs} ms; its worker is being replaced. Retry the request.`,
+        { retryAfterSeconds: 1 },
+      ),
     );
+  }
+
+  /**
+   * Give up on a live worker that cannot be trusted (wedged, or its slots out of step): it takes
+   * no more work and stops by message once its current call returns; its batches fail with
+   * `error`; a replacement starts (caught up on every slot).
+   */
+  private replace(
+    slot: WorkerSlot,
+    reason: string,
+    error = new MoeError(
+      'ENGINE_WORKER_CRASHED',
+      `The engine worker running this batch was replaced (${reason}). Retry the request.`,
+      { retryAfterSeconds: 1 },
+    ),
+  ): void {
+    if (slot.retired) return;
     this.retire(slot);
     for (const [batchId, flight] of slot.inFlight) {
       clearTimeout(flight.timer);
@@ -765,8 +792,8 @@ export class Engine extends EventEmitter<EngineEvents> {
       flight.batch.reject(error);
     }
     this.restarts++;
-    this.emit('worker-restart', { worker: slot.index, reason: 'batch timeout' });
-    if (this.closing === undefined) this.respawnLater(slot.index, 'batch timeout');
+    this.emit('worker-restart', { worker: slot.index, reason });
+    if (this.closing === undefined) this.respawnLater(slot.index, reason);
     else this.maybeFinishDrain();
   }
 

@@ -288,9 +288,11 @@ export async function kserveRoutes(
       }
       const existing = inference.adapters().find((a) => a.id === id);
       if (path !== undefined) {
-        await inference.loadAdapter(insideRoot(options.adapterRoot, path, 'parameters.path'), id);
+        await inference.loadAdapter(insideRoot(options.adapterRoot, path, 'parameters.path'), {
+          id,
+        });
       } else if (existing !== undefined && existing.source !== 'pack') {
-        await inference.loadAdapter(existing.source, id);
+        await inference.loadAdapter(existing.source, { id, group: existing.group });
       } else if (existing?.state !== 'ready') {
         throw new MoeError(
           'INPUT_INVALID',

@@ -112,7 +112,13 @@ export async function nativeRoutes(
     },
     async (request) => {
       const folder = insideRoot(options.adapterRoot, request.body.path);
-      return adapterJson(await inference.loadAdapter(folder, request.body.id));
+      const { id, group } = request.body;
+      return adapterJson(
+        await inference.loadAdapter(folder, {
+          ...(id === undefined ? {} : { id }),
+          ...(group === undefined ? {} : { group }),
+        }),
+      );
     },
   );
 

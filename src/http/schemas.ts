@@ -168,9 +168,16 @@ export const LoadAdapterBody = Type.Object(
     path: Type.String({
       minLength: 1,
       description:
-        'Adapter folder (adapter_config.json + adapter.safetensors), inside ADAPTER_ROOT.',
+        'Adapter folder inside ADAPTER_ROOT: our own format (adapter_config.json + adapter.safetensors), a PEFT LoRA folder or an AdapterHub folder (safetensors weights).',
     }),
-    id: Type.Optional(AdapterId("Serve it under this id instead of its config's.")),
+    id: Type.Optional(
+      AdapterId("Serve it under this id (default: its config's id, or the folder's name)."),
+    ),
+    group: Type.Optional(
+      AdapterId(
+        "The group to load it into (default: its config's group, or the pack's one group for its kind).",
+      ),
+    ),
   },
   { additionalProperties: false },
 );

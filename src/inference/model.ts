@@ -10,9 +10,8 @@ import type { EngineItemResult, TaskOutput } from '../engine/decode.js';
 import { Engine, type EngineOptions } from '../engine/engine.js';
 import { type ItemRouting, planItem, type RoutingView } from '../engine/routing.js';
 import { MoeError } from '../errors.js';
-import { prepareBackbone } from '../onnx/backbone-cache.js';
 import { checkTokenizerFitsGates, type LoadedPack, loadPack } from '../pack/load.js';
-import { engineGraphOf, slotGroupsOf } from './pack-graph-plan.js';
+import { prepareEngineGraph, slotGroupsOf } from './pack-graph-plan.js';
 import { TextTokenizer, type TruncationPolicy } from './tokenizer.js';
 
 export interface ModelOptions {
@@ -312,13 +311,12 @@ export class Model extends ModelFrontend {
 
   static override async open(options: ModelOptions): Promise<Model> {
     const { pack, tokenizer } = await openPackAndTokenizer(options.packDir);
-    // A Hugging Face backbone's graph is built here, at start-up before anything listens, on the
-    // first start only (then it is cached); ONNX backbones are used as they are.
-    const backbone = await prepareBackbone(pack.dir, pack.manifest.name, pack.backbone, {
+    // The pack graph is built here, at start-up before anything listens; a Hugging Face
+    // backbone's is built on the first start only (then it is cached).
+    const graph = await prepareEngineGraph(pack, {
       ...(options.backboneCacheDir === undefined ? {} : { cacheDir: options.backboneCacheDir }),
       log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
     });
-    const graph = engineGraphOf(pack, backbone.path);
     const registry = new AdapterRegistry(pack, graph.groups);
     const engine = await Engine.start(options.engine ?? {}, graph);
     engine.setRoutingView(() => registry.view());

@@ -3,7 +3,7 @@
  * batcher and engine in this process. (Queue mode implements the same interface over Redis.)
  */
 
-import type { AdapterInfo } from '../adapters/registry.js';
+import type { AdapterInfo, LoadAdapterOptions } from '../adapters/registry.js';
 import { MoeError } from '../errors.js';
 import type { Metrics } from '../metrics.js';
 import type { BatchLimits } from './batch-policy.js';
@@ -55,7 +55,8 @@ export interface Inference {
   infer(request: InferRequest, options: InferOptions): Promise<InferAnswer>;
   describe(): ModelDescription;
   adapters(): AdapterInfo[];
-  loadAdapter(folder: string, id?: string): Promise<AdapterInfo>;
+  /** Load (or replace) an adapter folder; see AdapterRegistry.load for `options`. */
+  loadAdapter(folder: string, options?: LoadAdapterOptions): Promise<AdapterInfo>;
   unloadAdapter(id: string): Promise<void>;
   readiness(): Readiness;
   /** Stop taking work, answer what was accepted, stop the engine. Idempotent. */
@@ -211,8 +212,8 @@ export class EmbeddedInference implements Inference {
     return this.model.registry.list();
   }
 
-  async loadAdapter(folder: string, id?: string): Promise<AdapterInfo> {
-    const info = await this.model.registry.load(folder, id === undefined ? {} : { id });
+  async loadAdapter(folder: string, options: LoadAdapterOptions = {}): Promise<AdapterInfo> {
+    const info = await this.model.registry.load(folder, options);
     this.recordAdapterCounts();
     return info;
   }

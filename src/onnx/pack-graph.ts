@@ -24,7 +24,7 @@ import type { BottleneckPlacement } from '../pack/layer-adapter-types.js';
 import type { Gate, GroupStructure, Head, Pooling } from '../pack/types.js';
 import { type ActivationName, emitActivation } from './activations.js';
 import type { BlockSite, EncoderHooks, HookContext, LinearSite } from './encoder-hooks.js';
-import { attr, DEFAULT_OPSET, GraphBuilder } from './graph.js';
+import { attr, DEFAULT_OPSET, GraphBuilder, type ModelOptions } from './graph.js';
 import {
   type BankSpec,
   bankName,
@@ -92,7 +92,9 @@ export interface PackGraphSpec {
 }
 
 export interface CompiledPackGraph {
-  readonly bytes: Uint8Array;
+  /** The graph built; serialise it with packGraphBytes, or writeModel for external data. */
+  readonly graph: GraphBuilder;
+  readonly model: ModelOptions;
   /** Per group, its slot banks (graph inputs the engine allocates and feeds). */
   readonly banks: readonly (readonly BankSpec[])[];
   /** Which input carries the tokens: input_ids (built backbone) or hidden (external). */
@@ -627,13 +629,41 @@ export function compilePackGraph(spec: PackGraphSpec): CompiledPackGraph {
   } else {
     g.op('Identity', [pooledFinal], {}, 'embedding', GRAPH_OUTPUT_EMBEDDING);
   }
+  const pooledBy = new Map<string, string>([[spec.pooling.mode, pooledFinal]]);
   spec.heads.forEach((head, j) => {
     const L = head.labels.length;
+    // A head with its own pooling (imported classifiers read the first token) pools again.
+    const mode = head.pooling ?? spec.pooling.mode;
+    let x = pooledBy.get(mode);
+    if (x === undefined) {
+      x = pool(hidden3, mode, `pooled_${mode}`);
+      pooledBy.set(mode, x);
+    }
+    let width = d;
+    if (head.hidden !== undefined) {
+      const h = head.hidden.bias.data.length;
+      x = emitActivation(
+        g,
+        head.hidden.activation,
+        g.op(
+          'Gemm',
+          [
+            x,
+            g.initializer(`h${j}.hidden.weight`, head.hidden.weight.data, [d, h]),
+            g.initializer(`h${j}.hidden.bias`, head.hidden.bias.data, [h]),
+          ],
+          {},
+          `h${j}_hidden`,
+        ),
+        `h${j}_hidden_act`,
+      ); // [B,h]
+      width = h;
+    }
     const logits = g.op(
       'Gemm',
       [
-        pooledFinal,
-        g.initializer(`h${j}.weight`, head.weight.data, [d, L]),
+        x,
+        g.initializer(`h${j}.weight`, head.weight.data, [width, L]),
         g.initializer(`h${j}.bias`, head.bias.data, [L]),
       ],
       {},
@@ -657,13 +687,22 @@ export function compilePackGraph(spec: PackGraphSpec): CompiledPackGraph {
     g.output(headScoresName(j), headScoresName(j), 'float32', ['batch', head.labels.length]);
   });
 
-  const bytes = g.toModel({
-    opset,
-    producer: 'moe-serve pack graph',
-    graphName: 'pack',
-    docString: `pack graph d=${d} groups=[${spec.groups.map((x) => `${x.id}:${x.structure.kind}x${x.slots}`).join(',')}] heads=[${spec.heads.map((h) => h.id).join(',')}]`,
-  });
-  return { bytes, banks, tokensInput };
+  return {
+    graph: g,
+    model: {
+      opset,
+      producer: 'moe-serve pack graph',
+      graphName: 'pack',
+      docString: `pack graph d=${d} groups=[${spec.groups.map((x) => `${x.id}:${x.structure.kind}x${x.slots}`).join(',')}] heads=[${spec.heads.map((h) => h.id).join(',')}]`,
+    },
+    banks,
+    tokensInput,
+  };
+}
+
+/** The compiled graph as model bytes, every weight inline (graphs without a large backbone). */
+export function packGraphBytes(compiled: CompiledPackGraph): Uint8Array {
+  return compiled.graph.toModel(compiled.model);
 }
 
 function requirePooled(pooled: string | undefined, group: string): string {
@@ -754,8 +793,12 @@ function validateSpec(spec: PackGraphSpec, d: number): void {
   }
   for (const head of spec.heads) {
     const L = head.labels.length;
-    if (head.weight.data.length !== d * L || head.bias.data.length !== L) {
-      throw new Error(`pack graph: head ${head.id} must be [${d},${L}] + [${L}]`);
+    const width = head.hidden === undefined ? d : head.hidden.bias.data.length;
+    if (head.weight.data.length !== width * L || head.bias.data.length !== L) {
+      throw new Error(`pack graph: head ${head.id} must be [${width},${L}] + [${L}]`);
+    }
+    if (head.hidden !== undefined && head.hidden.weight.data.length !== d * width) {
+      throw new Error(`pack graph: head ${head.id}'s hidden layer must be [${d},${width}]`);
     }
   }
 }

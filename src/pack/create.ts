@@ -11,12 +11,13 @@
  * The folder is checked before anything is written (inspectHfFolder / loadPack's checks), and the
  * new pack is loaded once at the end, so a pack this returns loads.
  */
-import { copyFile, link, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, link, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import type { BackboneQuantize } from './encoder-types.js';
 import { PackError } from './errors.js';
 import { inspectHfFolder } from './hf-model.js';
 import { TOKENIZER_FILE } from './hf-tokenizer.js';
+import { detectAdapterFormat } from './import/index.js';
 import { type LoadedPack, loadPack } from './load.js';
 import {
   FORMAT_VERSION,
@@ -142,5 +143,75 @@ async function bringFolder(
     } else if (entry.isFile()) {
       await link(source, target).catch(() => copyFile(source, target));
     }
+  }
+}
+
+export interface AddAdapterOptions {
+  /** The pack folder. */
+  readonly pack: string;
+  /** The adapter folder: PEFT LoRA, AdapterHub, or our own format. */
+  readonly adapter: string;
+  /** The group to add it to; created when the pack has none of that id. */
+  readonly group: string;
+  /** The adapter's id in the pack (default: the folder's name). */
+  readonly id?: string;
+  /** For a new group: slots (adapters held ready at once). */
+  readonly slots?: number;
+  /** For a new group: the largest rank (bottleneck width) a slot holds, for adapters loaded later. */
+  readonly rank?: number;
+}
+
+/**
+ * Adds an adapter folder to a pack: copied into `adapters/<group>/<id>/`, listed in its group (an
+ * in-layer group for PEFT and AdapterHub folders, a top-of-backbone one for our own format),
+ * created ungated with this adapter as its default when the pack has no such group. A head saved
+ * with a PEFT adapter (modules_to_save) becomes a task pinned to it. The pack is loaded again at
+ * the end (every check), and left as it was when that fails.
+ */
+export async function addAdapter(options: AddAdapterOptions): Promise<LoadedPack> {
+  const manifestPath = join(options.pack, MANIFEST_FILE);
+  const original = await readFile(manifestPath, 'utf8');
+  const manifest = JSON.parse(original) as Manifest;
+  const id = options.id ?? basename(resolve(options.adapter));
+  if (!new RegExp(ID_PATTERN).test(id)) {
+    throw new Error(`adapter id '${id}' must match ${ID_PATTERN}; pass --id`);
+  }
+  const format = await detectAdapterFormat(options.adapter);
+  const placement = format === 'moe-serve' ? 'top' : 'layers';
+  const relativePath = `adapters/${options.group}/${id}`;
+  const target = join(options.pack, relativePath);
+  if (await stat(target).catch(() => undefined)) {
+    throw new Error(`${target} already exists; choose another --id`);
+  }
+  let group = manifest.groups.find((g) => g.id === options.group);
+  if (group === undefined) {
+    group = {
+      id: options.group,
+      default_k: 1,
+      adapters: [],
+      gate: null,
+      default_adapter: id,
+      ...(placement === 'layers' ? { placement } : {}),
+      ...(options.slots === undefined ? {} : { slots: options.slots }),
+      ...(options.rank === undefined ? {} : { rank: options.rank }),
+    };
+    // In-layer groups route before the first layer: they come before top-of-backbone ones.
+    const firstTop = manifest.groups.findIndex((g) => (g.placement ?? 'top') === 'top');
+    if (placement === 'layers' && firstTop >= 0) manifest.groups.splice(firstTop, 0, group);
+    else manifest.groups.push(group);
+  } else if ((group.placement ?? 'top') !== placement) {
+    throw new Error(
+      `group '${group.id}' holds ${group.placement ?? 'top'} adapters; a ${format} folder goes into a group with placement '${placement}'`,
+    );
+  }
+  group.adapters.push({ id, path: relativePath });
+  try {
+    await bringFolder(options.adapter, target, 'huggingface');
+    await writeFile(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
+    return await loadPack(options.pack);
+  } catch (error) {
+    await writeFile(manifestPath, original);
+    await rm(target, { recursive: true, force: true });
+    throw error;
   }
 }

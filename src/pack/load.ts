@@ -9,24 +9,25 @@
  * read only when its graph is built (src/onnx/backbone-cache.ts).
  */
 
-import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type PackBackbone, resolveBackbone } from './backbone.js';
+import { expectShape, readJson, readTensors } from './checks.js';
+import type { EncoderConfig, LinearModule } from './encoder-types.js';
 import { PackError } from './errors.js';
 import { checkVocabulary } from './hf-model.js';
 import { tokenizerVocabSize } from './hf-tokenizer.js';
+import { type BaseModelParts, importAdapterFolder, readBaseModelParts } from './import/index.js';
+import { loadAdapterFolder } from './import/moe-serve.js';
+import type { LayerAdapter } from './layer-adapter-types.js';
 import {
   ADAPTER_CONFIG_FILE,
-  ADAPTER_WEIGHTS_FILE,
-  type AdapterConfig,
   MANIFEST_FILE,
   type Manifest,
   type ManifestGate,
-  validateAdapterConfig,
+  type ManifestGroup,
   validateManifest,
 } from './manifest.js';
 import { existingEntry, existingFile } from './paths.js';
-import { readSafetensors, type SafeTensor } from './safetensors.js';
 import type {
   BottleneckAdapter,
   Gate,
@@ -63,7 +64,7 @@ export interface LoadedGroup {
   /** The gate's safetensors file (resolved path), for errors that only later checks can find. */
   readonly gateFile?: string;
   /** In manifest order (the bank order). */
-  readonly adapters: BottleneckAdapter[];
+  readonly adapters: (BottleneckAdapter | LayerAdapter)[];
   /** Only for an ungated group: the adapter used when a request pins none. */
   readonly defaultAdapter?: string;
 }
@@ -85,17 +86,6 @@ export interface LoadedPack {
   /** In order of composition. */
   readonly groups: LoadedGroup[];
   readonly heads: PackHead[];
-}
-
-export interface AdapterExpectations {
-  /** The backbone's hidden size; the adapter's must equal it. */
-  hiddenSize?: number;
-  /** The group the adapter is being loaded into; its config must name this group. */
-  group?: string;
-  /** The groups the pack has; the config's group must be one of them. */
-  groups?: readonly string[];
-  /** The id the manifest lists the folder under; the config's id must equal it. */
-  id?: string;
 }
 
 /** Load and check a whole pack folder. */
@@ -134,17 +124,19 @@ export async function loadPack(dir: string): Promise<LoadedPack> {
   const groupIds = manifest.groups.map((group) => group.id);
 
   const groups: LoadedGroup[] = [];
+  /** Heads that came with in-layer adapters (PEFT modules_to_save classifiers). */
+  const adapterHeads: PackHead[] = [];
+  /** The base model's config and pooler, read once, for those heads. */
+  let base: BaseModelParts | undefined;
   for (const [g, group] of manifest.groups.entries()) {
     const at = `/groups/${g}`;
     const adapterIds = group.adapters.map((ref) => ref.id);
-    if (group.placement === 'layers') {
+    if (group.placement === 'layers' && backbone.kind !== 'huggingface') {
       throw new PackError(
         'PACK_UNSUPPORTED_MODEL',
         m,
         `${at}/placement`,
-        backbone.kind === 'huggingface'
-          ? "in-layer adapter groups are not served yet; use placement 'top' (adapters on the last hidden state)"
-          : `an ONNX ${backbone.kind === 'onnx' ? 'file' : 'export'} backbone hosts top-of-backbone adapter groups only (placement 'top'); in-layer adapters need the model as a Hugging Face folder (backbone.huggingface), whose graph the server builds with hook points`,
+        `an ONNX ${backbone.kind === 'onnx' ? 'file' : 'export'} backbone hosts top-of-backbone adapter groups only (placement 'top'); in-layer adapters need the model as a Hugging Face folder (backbone.huggingface), whose graph the server builds with hook points`,
       );
     }
     if (group.default_k > group.adapters.length) {
@@ -172,6 +164,46 @@ export async function loadPack(dir: string): Promise<LoadedPack> {
           `'${group.default_adapter}' is not an adapter of group '${group.id}' (${adapterIds.join(', ')})`,
         );
       }
+    }
+
+    if (group.placement === 'layers') {
+      const config = (backbone as Extract<PackBackbone, { kind: 'huggingface' }>).info.config;
+      base ??= await readBaseModelParts((backbone as { dir: string }).dir);
+      const layered = await loadLayerGroup(dir, group, at, m, config, base, groupIds);
+      const loaded =
+        group.gate === null
+          ? null
+          : await loadGate(dir, group.gate, adapterIds, hiddenSize, m, `${at}/gate`);
+      groups.push({
+        id: group.id,
+        defaultK: group.default_k,
+        defaultTopP: group.default_top_p ?? 1,
+        structure: layered.structure,
+        slots: slotsOf(group, layered.adapters.length, m, at),
+        gate: loaded?.gate ?? null,
+        ...(loaded === null ? {} : { gateFile: loaded.file }),
+        adapters: layered.adapters,
+        ...(group.default_adapter === undefined ? {} : { defaultAdapter: group.default_adapter }),
+      });
+      // A head saved with an adapter (PEFT modules_to_save) is a task pinned to that adapter.
+      for (const adapter of layered.adapters) {
+        if (adapter.head !== undefined) {
+          adapterHeads.push({
+            ...adapter.head,
+            id: adapter.id,
+            pin: { group: group.id, adapter: adapter.id },
+          });
+        }
+      }
+      continue;
+    }
+    if (group.targets !== undefined || group.layers !== undefined) {
+      throw new PackError(
+        'PACK_INVALID_MANIFEST',
+        m,
+        `${at}/${group.targets !== undefined ? 'targets' : 'layers'}`,
+        "is only for a group with placement 'layers'",
+      );
     }
 
     const adapters: BottleneckAdapter[] = [];
@@ -209,16 +241,7 @@ export async function loadPack(dir: string): Promise<LoadedPack> {
         `rank ${rank} is below the rank ${packRank} of the group's own adapters; raise it or leave it out`,
       );
     }
-    const slots = group.slots ?? Math.max(MIN_DEFAULT_SLOTS, 2 * adapters.length);
-    const gateExperts = group.gate === null ? 0 : adapters.length;
-    if (slots < gateExperts) {
-      throw new PackError(
-        'PACK_INVALID_MANIFEST',
-        m,
-        `${at}/slots`,
-        `${slots} slots cannot hold the ${gateExperts} adapters the gate chooses among; give the group at least ${gateExperts}`,
-      );
-    }
+    const slots = slotsOf(group, adapters.length, m, at);
     groups.push({
       id: group.id,
       defaultK: group.default_k,
@@ -277,6 +300,18 @@ export async function loadPack(dir: string): Promise<LoadedPack> {
     });
   }
 
+  for (const head of adapterHeads) {
+    if (heads.some((h) => h.id === head.id)) {
+      throw new PackError(
+        'PACK_DUPLICATE_ID',
+        m,
+        '/heads',
+        `head id '${head.id}' is also the head saved with adapter '${head.id}'; rename the manifest's head`,
+      );
+    }
+    heads.push(head);
+  }
+
   return {
     dir,
     manifest,
@@ -290,103 +325,143 @@ export async function loadPack(dir: string): Promise<LoadedPack> {
   };
 }
 
-/**
- * Load and check one adapter folder (adapter_config.json + adapter.safetensors): schema, files,
- * dtypes, tensor shapes against rank and hidden size, and whatever `expect` names.
- */
-export async function loadAdapterFolder(
-  dir: string,
-  expect: AdapterExpectations = {},
-): Promise<BottleneckAdapter> {
-  const configPath = join(dir, ADAPTER_CONFIG_FILE);
-  const weightsPath = join(dir, ADAPTER_WEIGHTS_FILE);
-  const folder = await stat(dir).catch(() => undefined);
-  if (!folder?.isDirectory()) {
-    throw new PackError('PACK_FILE_MISSING', dir, '', 'adapter folder not found');
-  }
-  const config: AdapterConfig = validateAdapterConfig(
-    await readJson(configPath, 'PACK_INVALID_ADAPTER'),
-    configPath,
-  );
-  if (expect.id !== undefined && config.id !== expect.id) {
+/** Slots of a group: the manifest's, else twice its pack adapters, at least MIN_DEFAULT_SLOTS. */
+function slotsOf(group: ManifestGroup, adapters: number, m: string, at: string): number {
+  const slots = group.slots ?? Math.max(MIN_DEFAULT_SLOTS, 2 * adapters);
+  const gateExperts = group.gate === null ? 0 : adapters;
+  if (slots < gateExperts) {
     throw new PackError(
-      'PACK_INVALID_ADAPTER',
-      configPath,
-      '/id',
-      `id '${config.id}' differs from '${expect.id}', the id the manifest lists this folder under; make them equal`,
+      'PACK_INVALID_MANIFEST',
+      m,
+      `${at}/slots`,
+      `${slots} slots cannot hold the ${gateExperts} adapters the gate chooses among; give the group at least ${gateExperts}`,
     );
   }
-  if (expect.groups !== undefined && !expect.groups.includes(config.group)) {
-    throw new PackError(
-      'PACK_UNKNOWN_GROUP',
-      configPath,
-      '/group',
-      `group '${config.group}' does not exist in the pack (groups: ${expect.groups.join(', ') || 'none'})`,
-    );
-  }
-  if (expect.group !== undefined && config.group !== expect.group) {
-    throw new PackError(
-      'PACK_INVALID_ADAPTER',
-      configPath,
-      '/group',
-      `group '${config.group}' differs from '${expect.group}', the group it is being loaded into`,
-    );
-  }
-  if (expect.hiddenSize !== undefined && config.hidden_size !== expect.hiddenSize) {
-    throw new PackError(
-      'PACK_SHAPE_MISMATCH',
-      configPath,
-      '/hidden_size',
-      `adapter hidden size ${config.hidden_size} does not match the backbone's ${expect.hiddenSize}`,
-    );
-  }
+  return slots;
+}
 
-  const stats = await stat(weightsPath).catch(() => undefined);
-  if (!stats?.isFile()) {
+/**
+ * An in-layer group: its adapters (PEFT or AdapterHub folders, all of one kind) and the slot
+ * structure they define. What a slot holds is the manifest's `rank`, `targets` and `layers` when
+ * given (room for adapters loaded later), else the largest rank, the union of the modules and of
+ * the layers of the pack's own adapters.
+ */
+async function loadLayerGroup(
+  dir: string,
+  group: ManifestGroup,
+  at: string,
+  m: string,
+  config: EncoderConfig,
+  base: BaseModelParts,
+  groupIds: readonly string[],
+): Promise<{ adapters: LayerAdapter[]; structure: GroupStructure }> {
+  const adapters: LayerAdapter[] = [];
+  for (const [a, ref] of group.adapters.entries()) {
+    const folder = await existingEntry(dir, ref.path, m, `${at}/adapters/${a}/path`, 'folder');
+    const imported = await importAdapterFolder(folder, {
+      id: ref.id,
+      group: group.id,
+      backbone: config,
+      groups: groupIds,
+      base,
+    });
+    if (imported.format === 'moe-serve') {
+      throw new PackError(
+        'PACK_INVALID_MANIFEST',
+        m,
+        `${at}/adapters/${a}/path`,
+        `${folder} holds a top-of-backbone adapter; a group with placement 'layers' takes PEFT LoRA or AdapterHub bottleneck folders`,
+      );
+    }
+    const first = adapters[0];
+    if (first !== undefined && first.kind !== imported.adapter.kind) {
+      throw new PackError(
+        'PACK_INVALID_MANIFEST',
+        m,
+        `${at}/adapters/${a}/path`,
+        `adapter '${ref.id}' is ${imported.adapter.kind} but '${first.id}' is ${first.kind}; one group holds one kind (make two groups)`,
+      );
+    }
+    adapters.push(imported.adapter);
+  }
+  const first = adapters[0]!;
+  const rankOf = (adapter: LayerAdapter) =>
+    adapter.kind === 'lora' ? adapter.rank : adapter.bottleneckSize;
+  const packRank = Math.max(...adapters.map(rankOf));
+  const rank = group.rank ?? packRank;
+  if (rank < packRank) {
     throw new PackError(
-      'PACK_FILE_MISSING',
-      weightsPath,
-      '',
-      `file not found; an adapter folder needs ${ADAPTER_CONFIG_FILE} and ${ADAPTER_WEIGHTS_FILE}`,
+      'PACK_INVALID_MANIFEST',
+      m,
+      `${at}/rank`,
+      `rank ${rank} is below the rank ${packRank} of the group's own adapters; raise it or leave it out`,
     );
   }
-  const tensors = await readTensors(weightsPath, [
-    'down.weight',
-    'down.bias',
-    'up.weight',
-    'up.bias',
-  ]);
-  const d = config.hidden_size;
-  const r = config.rank;
-  const down = expectShape(
-    weightsPath,
-    'down.weight',
-    tensors.get('down.weight')!,
-    [d, r],
-    '[hidden_size, rank]',
-  );
-  const downBias = expectShape(weightsPath, 'down.bias', tensors.get('down.bias')!, [r], '[rank]');
-  const up = expectShape(
-    weightsPath,
-    'up.weight',
-    tensors.get('up.weight')!,
-    [r, d],
-    '[rank, hidden_size]',
-  );
-  const upBias = expectShape(weightsPath, 'up.bias', tensors.get('up.bias')!, [d], '[hidden_size]');
-  return {
-    id: config.id,
-    group: config.group,
-    type: 'bottleneck',
-    hiddenSize: d,
-    rank: r,
-    activation: config.activation,
-    residual: config.residual,
-    down,
-    downBias,
-    up,
-    upBias,
-  };
+  const usedLayers = new Set<number>();
+  const usedModules = new Set<LinearModule>();
+  for (const adapter of adapters) {
+    if (adapter.kind === 'lora') {
+      for (const module of adapter.modules) {
+        usedLayers.add(module.layer);
+        usedModules.add(module.module);
+      }
+    } else {
+      for (const block of adapter.blocks) usedLayers.add(block.layer);
+    }
+  }
+  const layers = group.layers ?? [...usedLayers].sort((a, b) => a - b);
+  for (const layer of layers) {
+    if (!Number.isInteger(layer) || layer < 0 || layer >= config.layers) {
+      throw new PackError(
+        'PACK_INVALID_MANIFEST',
+        m,
+        `${at}/layers`,
+        `layer ${layer} does not exist; the backbone has layers 0..${config.layers - 1}`,
+      );
+    }
+  }
+  const missingLayer = [...usedLayers].find((layer) => !layers.includes(layer));
+  if (missingLayer !== undefined) {
+    throw new PackError(
+      'PACK_INVALID_MANIFEST',
+      m,
+      `${at}/layers`,
+      `leaves out layer ${missingLayer}, which the group's adapters adapt; add it or leave 'layers' out`,
+    );
+  }
+  if (first.kind === 'bottleneck-layers') {
+    if (group.targets !== undefined) {
+      throw new PackError('PACK_INVALID_MANIFEST', m, `${at}/targets`, 'is only for LoRA groups');
+    }
+    for (const adapter of adapters as Extract<LayerAdapter, { kind: 'bottleneck-layers' }>[]) {
+      const key = (Object.keys(first.placement) as (keyof typeof first.placement)[]).find(
+        (field) => adapter.placement[field] !== first.placement[field],
+      );
+      if (key !== undefined) {
+        throw new PackError(
+          'PACK_INVALID_MANIFEST',
+          m,
+          `${at}/adapters`,
+          `adapters '${first.id}' and '${adapter.id}' sit differently in the layers (${key}: ${JSON.stringify(first.placement[key])} vs ${JSON.stringify(adapter.placement[key])}); one group holds adapters of one placement`,
+        );
+      }
+    }
+    return {
+      adapters,
+      structure: { kind: 'bottleneck-layers', size: rank, placement: first.placement, layers },
+    };
+  }
+  const modules = group.targets ?? [...usedModules];
+  const missingModule = [...usedModules].find((module) => !modules.includes(module));
+  if (missingModule !== undefined) {
+    throw new PackError(
+      'PACK_INVALID_MANIFEST',
+      m,
+      `${at}/targets`,
+      `leaves out '${missingModule}', which the group's adapters adapt; add it or leave 'targets' out`,
+    );
+  }
+  return { adapters, structure: { kind: 'lora', rank, modules, layers } };
 }
 
 /**
@@ -598,51 +673,6 @@ async function loadTokenBagGate(
   };
 }
 
-/** Read a safetensors file that must hold exactly the named tensors. */
-async function readTensors(file: string, names: string[]): Promise<Map<string, SafeTensor>> {
-  const tensors = await readSafetensors(file);
-  for (const name of names) {
-    if (!tensors.has(name)) {
-      throw new PackError(
-        'PACK_MISSING_TENSOR',
-        file,
-        name,
-        `tensor not found; the file must hold ${names.join(', ')} (has ${[...tensors.keys()].join(', ') || 'none'})`,
-      );
-    }
-  }
-  for (const name of tensors.keys()) {
-    if (!names.includes(name)) {
-      throw new PackError(
-        'PACK_UNEXPECTED_TENSOR',
-        file,
-        name,
-        `unexpected tensor; the file must hold exactly ${names.join(', ')}`,
-      );
-    }
-  }
-  return tensors;
-}
-
-function expectShape(
-  file: string,
-  name: string,
-  tensor: SafeTensor,
-  shape: number[],
-  meaning: string,
-): SafeTensor {
-  const ok = tensor.shape.length === shape.length && tensor.shape.every((n, i) => n === shape[i]);
-  if (!ok) {
-    throw new PackError(
-      'PACK_SHAPE_MISMATCH',
-      file,
-      name,
-      `shape [${tensor.shape.join(',')}] must be ${meaning} = [${shape.join(',')}] (math layout, x @ W)`,
-    );
-  }
-  return tensor;
-}
-
 function checkUnique(items: { id: string; field: string }[], kind: string, file: string): void {
   const first = new Map<string, string>();
   for (const { id, field } of items) {
@@ -656,28 +686,5 @@ function checkUnique(items: { id: string; field: string }[], kind: string, file:
       );
     }
     first.set(id, field);
-  }
-}
-
-async function readJson(
-  file: string,
-  invalidCode: 'PACK_INVALID_MANIFEST' | 'PACK_INVALID_ADAPTER',
-): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'EISDIR' || code === 'ENOTDIR') {
-      throw new PackError('PACK_FILE_MISSING', file, '', 'file not found', { cause: error });
-    }
-    throw error;
-  }
-  try {
-    return JSON.parse(text);
-  } catch (error) {
-    throw new PackError(invalidCode, file, '', `is not valid JSON (${(error as Error).message})`, {
-      cause: error,
-    });
   }
 }

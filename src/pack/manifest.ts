@@ -211,7 +211,26 @@ export const GroupSchema = Type.Object(
     placement: Type.Optional(
       Type.Enum(['top', 'layers'], {
         description:
-          "Where the group's adapters sit: 'top' (default) on the backbone's last hidden state; 'layers' inside every layer (reserved: needs a Hugging Face backbone, not served yet; an ONNX backbone can never host it).",
+          "Where the group's adapters sit: 'top' (default) on the backbone's last hidden state (our own adapter folders); 'layers' inside the backbone's layers (PEFT LoRA or AdapterHub bottleneck folders, all of one kind; needs a Hugging Face backbone).",
+      }),
+    ),
+    targets: Type.Optional(
+      Type.Array(
+        Type.Enum(['query', 'key', 'value', 'attention_output', 'intermediate', 'output']),
+        {
+          minItems: 1,
+          uniqueItems: true,
+          description:
+            "LoRA groups: the linear modules a slot can adapt (attention_output = the attention's output dense, intermediate / output = the feed-forward's two). Default: those the pack's adapters adapt.",
+        },
+      ),
+    ),
+    layers: Type.Optional(
+      Type.Array(Type.Integer({ minimum: 0 }), {
+        minItems: 1,
+        uniqueItems: true,
+        description:
+          "Groups with placement 'layers': the layers (0-based) a slot can adapt. Default: those the pack's adapters adapt.",
       }),
     ),
     metadata: Type.Optional(Metadata),

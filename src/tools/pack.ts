@@ -1,18 +1,20 @@
 /**
- * Command line: make a model pack from a model folder.
+ * Command line: make a model pack from a model folder, and add adapter folders to it.
  *
  *   npm run --silent pack -- create --backbone <hf-dir> --out models/<name>
  *        [--name ID] [--max-length N] [--pooling mean|cls|max] [--normalize true|false]
  *        [--quantize none|int8] [--onnx-export [--variant quantized]] [--no-build]
+ *   npm run --silent pack -- add-adapter --pack models/<name> --group ID --adapter <dir>
+ *        [--id ID] [--slots N] [--rank N] [--no-build]
  *
  * The pack serves embeddings at once (no adapter groups, no heads): `npm run infer -- --pack
  * models/<name> "text"` or `MODEL_DIR=models/<name> npm start`. For a Hugging Face folder the
- * backbone graph is built and cached now (src/onnx/backbone-cache.ts), so the first start does not
+ * pack graph is built and cached now (src/inference/pack-graph-plan.ts), so the first start does not
  * wait for it; --no-build leaves that to the first start. Errors name the file and field to fix.
  */
 import { parseArgs } from 'node:util';
-import { prepareBackbone } from '../onnx/backbone-cache.js';
-import { createPack } from '../pack/create.js';
+import { prepareEngineGraph } from '../inference/pack-graph-plan.js';
+import { addAdapter, createPack } from '../pack/create.js';
 import { BACKBONE_QUANTIZE_MODES, type BackboneQuantize } from '../pack/encoder-types.js';
 import { isPackError } from '../pack/errors.js';
 import { POOLING_MODES, type PoolingMode } from '../pack/types.js';
@@ -29,7 +31,17 @@ const USAGE = `usage: npm run --silent pack -- create --backbone DIR --out DIR [
                        projections (about 2x the items/s on CPU; manifest backbone.quantize)
   --onnx-export        the folder is an ONNX export (onnx/model.onnx or model.onnx)
   --variant quantized  with --onnx-export: run model_quantized.onnx
-  --no-build           do not build the backbone graph now (the first start builds it)`;
+  --no-build           do not build the pack graph now (the first start builds it)
+
+usage: npm run --silent pack -- add-adapter --pack DIR --group ID --adapter DIR [options]
+  --pack DIR           an existing pack
+  --group ID           the group to add it to (created, ungated, when the pack has none)
+  --adapter DIR        a PEFT LoRA folder or an AdapterHub folder (safetensors weights; inside
+                       the backbone's layers), or one of our own adapter folders (on top of it)
+  --id ID              the adapter's id (default: the folder's name)
+  --slots N, --rank N  for a new group: adapters held ready at once, and the largest rank a slot
+                       holds (room for adapters loaded later at run time)
+  --no-build           do not build the pack graph now`;
 
 async function main(): Promise<number> {
   let parsed: ReturnType<typeof parse>;
@@ -48,8 +60,10 @@ async function main(): Promise<number> {
     process.stderr.write(`${message}\n${USAGE}\n`);
     return 2;
   };
+  if (positionals[0] === 'add-adapter' && positionals.length === 1)
+    return addAdapterCommand(values, usage);
   if (positionals[0] !== 'create' || positionals.length !== 1)
-    return usage("the command is 'create'");
+    return usage("the command is 'create' or 'add-adapter'");
   if (values.backbone === undefined || values.out === undefined) {
     return usage('--backbone and --out are required');
   }
@@ -102,8 +116,8 @@ async function main(): Promise<number> {
       `[pack] ${pack.dir}: ${pack.backbone.kind}${int8 ? ' (int8)' : ''} backbone, hidden size ${pack.hiddenSize}, max_length ${pack.maxLength}, pooling ${pack.pooling.mode}${pack.pooling.normalize ? ' + normalize' : ''}`,
     );
     if (values.build !== false && pack.backbone.kind === 'huggingface') {
-      const built = await prepareBackbone(pack.dir, pack.manifest.name, pack.backbone, { log });
-      log(`[pack] backbone graph: ${built.path}`);
+      const graph = await prepareEngineGraph(pack, { log });
+      log(`[pack] pack graph: ${String(graph.worker.model)}`);
     }
     log(`[pack] try it: npm run --silent infer -- --pack ${pack.dir} "some text"`);
     process.stdout.write(`${pack.dir}\n`);
@@ -114,6 +128,54 @@ async function main(): Promise<number> {
       return 1;
     }
     process.stderr.write(`error: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 1;
+  }
+}
+
+/** `add-adapter`: copy an adapter folder into a pack, list it, check the pack, build its graph. */
+async function addAdapterCommand(
+  values: ReturnType<typeof parse>['values'],
+  usage: (message: string) => number,
+): Promise<number> {
+  if (values.pack === undefined || values.group === undefined || values.adapter === undefined) {
+    return usage('--pack, --group and --adapter are required');
+  }
+  const count = (name: 'slots' | 'rank') => {
+    const raw = values[name];
+    if (raw === undefined) return undefined;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < 1)
+      throw new Error(`--${name} must be a positive integer`);
+    return value;
+  };
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  try {
+    const slots = count('slots');
+    const rank = count('rank');
+    const pack = await addAdapter({
+      pack: values.pack,
+      group: values.group,
+      adapter: values.adapter,
+      ...(values.id === undefined ? {} : { id: values.id }),
+      ...(slots === undefined ? {} : { slots }),
+      ...(rank === undefined ? {} : { rank }),
+    });
+    const group = pack.groups.find((g) => g.id === values.group)!;
+    log(
+      `[pack] ${pack.dir}: group '${group.id}' (${group.structure.kind}) holds ${group.adapters.map((a) => a.id).join(', ')}`,
+    );
+    if (values.build !== false && pack.backbone.kind === 'huggingface') {
+      const graph = await prepareEngineGraph(pack, { log });
+      log(`[pack] pack graph: ${String(graph.worker.model)}`);
+    }
+    process.stdout.write(`${pack.dir}\n`);
+    return 0;
+  } catch (error) {
+    process.stderr.write(
+      isPackError(error)
+        ? `error ${error.code}: ${error.message}\n`
+        : `error: ${error instanceof Error ? error.message : String(error)}\n`,
+    );
     return 1;
   }
 }
@@ -133,6 +195,12 @@ function parse() {
       'onnx-export': { type: 'boolean' },
       variant: { type: 'string' },
       build: { type: 'boolean' },
+      pack: { type: 'string' },
+      group: { type: 'string' },
+      adapter: { type: 'string' },
+      id: { type: 'string' },
+      slots: { type: 'string' },
+      rank: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });

@@ -30,7 +30,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { type Job, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { AdapterInfo } from '../adapters/registry.js';
+import type { AdapterInfo, LoadAdapterOptions } from '../adapters/registry.js';
 import { MoeError } from '../errors.js';
 import type { InferRequest, InferResult, ModelFrontend, PreparedItem } from '../inference/model.js';
 import type {
@@ -160,7 +160,7 @@ export class QueueInference implements Inference, JobQueue {
     this.queue.on('error', () => undefined);
     this.registry = new RegistrySync(
       {
-        load: (folder, id) => front.registry.load(folder, { id }),
+        load: (folder, id, group) => front.registry.load(folder, { id, group }),
         unload: (id) => front.registry.unload(id),
       },
       {
@@ -241,11 +241,11 @@ export class QueueInference implements Inference, JobQueue {
     return this.front.registry.list();
   }
 
-  async loadAdapter(folder: string, id?: string): Promise<AdapterInfo> {
+  async loadAdapter(folder: string, options: LoadAdapterOptions = {}): Promise<AdapterInfo> {
     this.assertOpen();
     return this.registry.change(async (current, version) => {
       const before = new Map(this.front.registry.list().map((a) => [a.id, a.loadedAt?.getTime()]));
-      const info = await this.front.registry.load(folder, id === undefined ? {} : { id });
+      const info = await this.front.registry.load(folder, options);
       const was = before.get(info.id);
       if (was !== undefined && was === info.loadedAt?.getTime()) {
         return { result: info, next: undefined }; // the same contents again: nothing changes

@@ -175,7 +175,7 @@ export class QueueWorker {
     });
     this.registry = new RegistrySync(
       {
-        load: (folder, id) => service.loadAdapter(folder, id),
+        load: (folder, id, group) => service.loadAdapter(folder, { id, group }),
         unload: (id) => service.unloadAdapter(id),
       },
       {

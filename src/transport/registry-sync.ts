@@ -53,7 +53,7 @@ export interface RegistryState {
 
 /** What the sync drives: one process's adapter registry, through its public API. */
 export interface AdapterTarget {
-  load(folder: string, id: string): Promise<AdapterInfo>;
+  load(folder: string, id: string, group: string): Promise<AdapterInfo>;
   unload(id: string): Promise<void>;
 }
 
@@ -321,7 +321,7 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
             // Moved to another group: a registry serves an id in one group only.
             await this.unload(entry.id);
           }
-          await this.target.load(this.folderOf(entry), entry.id);
+          await this.target.load(this.folderOf(entry), entry.id, entry.group);
           this.applied.set(entry.id, entry);
         });
       }

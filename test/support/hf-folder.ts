@@ -38,10 +38,10 @@
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { FIXTURE_TEXTS } from '../../src/pack/fixture.js';
 import { type FloatDtype, writeSafetensors } from '../../src/pack/safetensors.js';
 import { buildWordPieceVocab, wordPieceTokenizerJson } from '../../src/pack/wordpiece.js';
 import { Random } from '../../src/util/random.js';
+import { FIXTURE_TEXTS } from './fixture-pack.js';
 
 export type HfFamily = 'bert' | 'roberta' | 'xlm-roberta' | 'distilbert';
 

@@ -9,7 +9,7 @@ import { type AppOptions, buildApp } from '../../src/app.js';
 import { Model } from '../../src/inference/model.js';
 import { EmbeddedInference, type EmbeddedOptions } from '../../src/inference/service.js';
 import { Metrics } from '../../src/metrics.js';
-import { FIXTURE_TEXTS } from '../../src/pack/fixture.js';
+import { FIXTURE_TEXTS } from './fixture-pack.js';
 
 export interface ListeningApp {
   readonly app: FastifyInstance;

@@ -17,16 +17,16 @@
  */
 
 import { join } from 'node:path';
-import type { EncoderConfig } from '../../pack/encoder-types.js';
-import { PackError } from '../../pack/errors.js';
-import { inspectHfFolder } from '../../pack/hf-model.js';
-import type { BottleneckLayerAdapter, LoraAdapter } from '../../pack/layer-adapter-types.js';
-import { loadAdapterFolder } from '../../pack/load.js';
-import { ADAPTER_CONFIG_FILE, ADAPTER_FORMAT } from '../../pack/manifest.js';
-import { SafetensorsFile } from '../../pack/safetensors.js';
-import type { BottleneckAdapter, Weight } from '../../pack/types.js';
+import type { EncoderConfig } from '../encoder-types.js';
+import { PackError } from '../errors.js';
+import { inspectHfFolder } from '../hf-model.js';
+import type { BottleneckLayerAdapter, LoraAdapter } from '../layer-adapter-types.js';
+import { ADAPTER_CONFIG_FILE, ADAPTER_FORMAT } from '../manifest.js';
+import { SafetensorsFile } from '../safetensors.js';
+import type { BottleneckAdapter, Weight } from '../types.js';
 import { importAdapterHubFolder } from './adapterhub.js';
 import { ADAPTER_FLOAT_DTYPES, type BaseModelParts, isFile, readJsonFile } from './common.js';
+import { loadAdapterFolder } from './moe-serve.js';
 import { importPeftFolder } from './peft.js';
 
 export { importAdapterHubFolder } from './adapterhub.js';

@@ -39,11 +39,11 @@
  */
 
 import { join } from 'node:path';
-import { type EncoderConfig, LINEAR_MODULES, type LinearModule } from '../../pack/encoder-types.js';
-import { PackError } from '../../pack/errors.js';
-import type { LoraAdapter, LoraModuleWeights } from '../../pack/layer-adapter-types.js';
-import { readSafetensors } from '../../pack/safetensors.js';
-import type { Head, Weight } from '../../pack/types.js';
+import { type EncoderConfig, LINEAR_MODULES, type LinearModule } from '../encoder-types.js';
+import { PackError } from '../errors.js';
+import type { LoraAdapter, LoraModuleWeights } from '../layer-adapter-types.js';
+import { readSafetensors } from '../safetensors.js';
+import type { Head, Weight } from '../types.js';
 import {
   ADAPTER_FLOAT_DTYPES,
   asObject,

@@ -11,15 +11,10 @@
 
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type {
-  EncoderConfig,
-  EncoderFamily,
-  LayerBlock,
-  LinearModule,
-} from '../../pack/encoder-types.js';
-import { PackError, type PackErrorCode } from '../../pack/errors.js';
-import type { FloatDtype } from '../../pack/safetensors.js';
-import type { Activation, Head, PoolingMode, Weight } from '../../pack/types.js';
+import type { EncoderConfig, EncoderFamily, LayerBlock, LinearModule } from '../encoder-types.js';
+import { PackError, type PackErrorCode } from '../errors.js';
+import type { FloatDtype } from '../safetensors.js';
+import type { Activation, Head, PoolingMode, Weight } from '../types.js';
 
 // ---------------------------------------------------------------------------------------------
 // Files

@@ -52,16 +52,16 @@
  */
 
 import { join } from 'node:path';
-import type { EncoderConfig, LayerBlock } from '../../pack/encoder-types.js';
-import { PackError } from '../../pack/errors.js';
+import type { EncoderConfig, LayerBlock } from '../encoder-types.js';
+import { PackError } from '../errors.js';
 import type {
   BottleneckActivation,
   BottleneckBlockWeights,
   BottleneckLayerAdapter,
   BottleneckPlacement,
-} from '../../pack/layer-adapter-types.js';
-import { readSafetensors } from '../../pack/safetensors.js';
-import type { Activation, Head, Weight } from '../../pack/types.js';
+} from '../layer-adapter-types.js';
+import { readSafetensors } from '../safetensors.js';
+import type { Activation, Head, Weight } from '../types.js';
 import {
   ADAPTER_FLOAT_DTYPES,
   asObject,

@@ -1,6 +1,6 @@
 /**
- * Builds the test fixture pack (random weights; see src/pack/fixture.ts).
- *   node dist/src/tools/build-fixture-pack.js [--out models/fixture] [--seed N]
+ * Builds the test fixture pack (random weights; see test/support/fixture-pack.ts).
+ *   node dist/test/support/build-fixture-pack.js [--out models/fixture] [--seed N]
  *     [--languages N] [--gate linear|mlp|token_bag] [--task-gate none|linear|mlp]
  * Progress and the folder written go to stderr; stdout stays empty.
  */
@@ -8,8 +8,8 @@
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { buildFixturePack, type FixturePackOptions } from '../pack/fixture.js';
-import { loadPack } from '../pack/load.js';
+import { loadPack } from '../../src/pack/load.js';
+import { buildFixturePack, type FixturePackOptions } from './fixture-pack.js';
 
 const USAGE =
   'usage: build-fixture-pack [--out models/fixture] [--seed N] [--languages N] [--gate linear|mlp|token_bag] [--task-gate none|linear|mlp]';

@@ -7,8 +7,8 @@
 
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomEncoderModel } from '../onnx/random-encoder.js';
-import { Random } from '../util/random.js';
+import { randomEncoderModel } from '../../src/onnx/random-encoder.js';
+import { writeAdapterFolder } from '../../src/pack/import/moe-serve.js';
 import {
   ADAPTER_CONFIG_FILE,
   ADAPTER_FORMAT,
@@ -20,10 +20,14 @@ import {
   type ManifestGate,
   type ManifestGroup,
   PACK_FORMAT,
-} from './manifest.js';
-import { writeSafetensors } from './safetensors.js';
-import type { Activation, BottleneckAdapter, Weight } from './types.js';
-import { buildWordPieceVocab, wordPieceTokenizerJson } from './wordpiece.js';
+} from '../../src/pack/manifest.js';
+import { writeSafetensors } from '../../src/pack/safetensors.js';
+import type { Activation, BottleneckAdapter, Weight } from '../../src/pack/types.js';
+import { buildWordPieceVocab, wordPieceTokenizerJson } from '../../src/pack/wordpiece.js';
+import { Random } from '../../src/util/random.js';
+
+/** Adapter folders in our own format (the production writer, re-exported for the tests). */
+export { writeAdapterFolder };
 
 export interface FixturePackOptions {
   /** Seed of every random weight (default 1). */
@@ -125,29 +129,6 @@ export function randomAdapter(
     up: randomWeight(rng, [r, d], 0.5 / Math.sqrt(r)),
     upBias: randomWeight(rng, [d], 0.05),
   };
-}
-
-/** Write an adapter folder (adapter_config.json + adapter.safetensors) that loadAdapterFolder reads. */
-export async function writeAdapterFolder(dir: string, adapter: BottleneckAdapter): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  const config: AdapterConfig = {
-    format: ADAPTER_FORMAT,
-    format_version: FORMAT_VERSION,
-    id: adapter.id,
-    group: adapter.group,
-    type: 'bottleneck',
-    hidden_size: adapter.hiddenSize,
-    rank: adapter.rank,
-    activation: adapter.activation,
-    residual: adapter.residual,
-  };
-  await writeJson(join(dir, ADAPTER_CONFIG_FILE), config);
-  await writeSafetensors(join(dir, ADAPTER_WEIGHTS_FILE), {
-    'down.weight': adapter.down,
-    'down.bias': adapter.downBias,
-    'up.weight': adapter.up,
-    'up.bias': adapter.upBias,
-  });
 }
 
 /** Build the fixture pack in `dir` (created if needed); returns `dir`. */
