@@ -19,18 +19,23 @@
  *   cores) is counted where it stopped, so busy profile time >= the thread's CPU time, and the
  *   difference is waiting for a core (thread wake-ups);
  * - the engine alone (`model.engine.run`, this process, batch 1 one at a time, and batch 32):
- *   median batch time and its split into the external backbone's ORT run and the pack graph's.
+ *   median batch time and its ORT runs; for a Hugging Face backbone (built into the pack's one
+ *   graph) also a twin pack with the same encoder as an ONNX file, which the engine runs as two
+ *   ORT runs per batch (backbone, then pack graph): what the second run costs.
  * Output JSON on stdout; progress on stderr.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { Agent, request as httpRequest } from 'node:http';
 import { createServer } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Model } from '../src/inference/model.js';
+import { encoderModelBytes } from '../src/onnx/bert.js';
+import { readHfModel } from '../src/pack/hf-model.js';
+import { MANIFEST_FILE } from '../src/pack/manifest.js';
 import { buildFixturePack } from '../test/support/fixture-pack.js';
 import { log, median, positiveInt, round2, SENTENCES } from './support.js';
 
@@ -354,39 +359,77 @@ async function choosePack(): Promise<{ dir: string; temp?: string }> {
   }
 }
 
-/** The engine alone: batch time and its two ORT runs, at batch 1 (one at a time) and batch 32. */
-async function engineSplit(packDir: string) {
-  const model = await Model.open({ packDir, log: () => undefined });
+/**
+ * A copy of a pack whose Hugging Face backbone is replaced by the same encoder as an ONNX file
+ * (our builder's float32 graph): the same weights served as two ORT runs per batch (backbone, then
+ * the pack graph) instead of one. Undefined when the pack's backbone is not a Hugging Face folder.
+ */
+async function twinWithOnnxFile(packDir: string, dir: string): Promise<string | undefined> {
+  const manifest = JSON.parse(await readFile(join(packDir, MANIFEST_FILE), 'utf8'));
+  if (manifest.backbone.huggingface === undefined) return undefined;
+  const twin = join(dir, 'twin');
+  await cp(packDir, twin, { recursive: true, filter: (src) => !src.includes('/.cache') });
+  const { config, weights } = await readHfModel(join(packDir, manifest.backbone.huggingface));
+  await writeFile(join(twin, 'backbone.onnx'), encoderModelBytes(config, weights));
+  const { quantize: _, huggingface: __, ...rest } = manifest.backbone;
+  manifest.backbone = { ...rest, file: 'backbone.onnx', hidden_size: config.hiddenSize };
+  await writeFile(join(twin, MANIFEST_FILE), JSON.stringify(manifest));
+  return twin;
+}
+
+/**
+ * The engine alone, in this process: batch time (`engine.run`) and the worker's ORT run times, at
+ * batch 1 (one at a time) and batch 32, for the pack and, when its backbone is a Hugging Face
+ * folder built into its one graph, for its twin with the same encoder as an ONNX file (two runs),
+ * interleaved batch by batch.
+ */
+async function engineAlone(packDir: string, dir: string) {
+  const twin = await twinWithOnnxFile(packDir, dir);
+  const models = [await Model.open({ packDir, log: () => undefined })];
+  if (twin !== undefined) models.push(await Model.open({ packDir: twin, log: () => undefined }));
   try {
-    const items = await model.prepare({ inputs: SENTENCES });
-    const out: Record<string, unknown> = {};
+    const items = await models[0]!.prepare({ inputs: SENTENCES });
+    const out: Record<string, Record<string, unknown>> = {};
     for (const batch of [1, 32]) {
-      const rows = { total: [] as number[], backbone: [] as number[], graph: [] as number[] };
+      const rows = models.map(() => ({
+        total: [] as number[],
+        backbone: [] as number[],
+        graph: [] as number[],
+      }));
       const runs = batch === 1 ? 200 : 24;
       for (let r = -8; r < runs; r++) {
         const chosen = Array.from(
           { length: batch },
           (_, j) => items[((r + 8) * batch + j) % items.length]!,
         );
-        const t0 = performance.now();
-        const outcome = await model.engine.run(chosen);
-        if (r < 0) continue; // warm-up
-        rows.total.push(performance.now() - t0);
-        rows.backbone.push(outcome.timings.backboneMs);
-        rows.graph.push(outcome.timings.graphMs);
+        for (const [m, model] of models.entries()) {
+          const t0 = performance.now();
+          const outcome = await model.engine.run(chosen);
+          if (r < 0) continue; // warm-up
+          rows[m]!.total.push(performance.now() - t0);
+          rows[m]!.backbone.push(outcome.timings.backboneMs);
+          rows[m]!.graph.push(outcome.timings.graphMs);
+        }
       }
-      out[`batch_${batch}`] = {
-        engine_run_p50_ms: round2(median(rows.total)),
-        backbone_run_p50_ms: round2(median(rows.backbone)),
-        pack_graph_run_p50_ms: round2(median(rows.graph)),
-        second_run_share_of_forward: round2(
-          median(rows.graph) / (median(rows.backbone) + median(rows.graph)),
-        ),
-      };
+      models.forEach((model, m) => {
+        const name = m === 0 ? model.pack.backbone.kind : 'same encoder as an ONNX file';
+        out[name] ??= {};
+        out[name]![`batch_${batch}`] = {
+          engine_run_p50_ms: round2(median(rows[m]!.total)),
+          external_backbone_run_p50_ms: round2(median(rows[m]!.backbone)),
+          pack_graph_run_p50_ms: round2(median(rows[m]!.graph)),
+        };
+      });
+      if (twin !== undefined) {
+        out.two_runs_over_one_graph ??= {};
+        out.two_runs_over_one_graph[`batch_${batch}`] = round2(
+          median(rows[1]!.total) / median(rows[0]!.total),
+        );
+      }
     }
-    return { backbone: model.pack.backbone.kind, workers: model.engine.settings.workers, ...out };
+    return { workers: models[0]!.engine.settings.workers, ...out };
   } finally {
-    await model.close();
+    for (const model of models) await model.close();
   }
 }
 
@@ -454,7 +497,7 @@ async function main(): Promise<void> {
       }
     }
     log('[bench] the engine alone, in this process');
-    const engine = await engineSplit(pack.dir);
+    const engine = await engineAlone(pack.dir, dir);
     process.stdout.write(
       `${JSON.stringify(
         {

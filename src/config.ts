@@ -243,7 +243,7 @@ export const VARIABLES = {
   REQUEST_LOG: {
     default: 'all',
     parse: oneOf('all', 'errors', 'off'),
-    doc: "The request log (at info): 'all' (fastify's two lines per request, on arrival and on answer), 'errors' (one line per request answered with a status >= 400), 'off' (failures are still logged as 'request failed'). Measured (npm run bench:request-path): 'all' costs the HTTP thread 20-50 us of CPU per request, about 1% of the server's CPU per request.",
+    doc: "The request log (at info): 'all' (fastify's two lines per request, on arrival and on answer), 'errors' (one line per request answered with a status >= 400), 'off' (failures are still logged as 'request failed'). Measured (npm run bench:request-path): 'all' cost the HTTP thread 15-40 us of CPU per request at 64 clients (70-220 us at 1): 0.4-4% of the server's CPU per request.",
   },
 } satisfies Record<string, VariableSpec<unknown>>;
 
