@@ -8,6 +8,7 @@
  * mean-pooled item), and the op types ORT runs after its optimizations (dumped optimized models).
  *
  *   npm run bench:int8 [-- --rounds 7 --threads 2 --batches 32 --shapes d256x4,d384x12]
+ *                      [--matmulinteger] [--pack models/demo]
  *
  * Variants (each its own session, same weights, same input):
  *   float32        the plain encoder: Attention, Gemm / MatMul + BiasGelu
@@ -18,20 +19,27 @@
  *                  Cast -> Mul(scales) -> Add(bias), as onnxruntime's quantize_dynamic writes
  *                  QOperator models: ORT fuses it back into DynamicQuantizeMatMul (see its ops),
  *                  so the two forms run the same kernels; the builder emits the fused op directly.
+ * --pack DIR (a pack with a Hugging Face backbone, e.g. models/demo): also the served path, the
+ * pack as it is and a copy with backbone.quantize "int8", through the engine (the one pack graph:
+ * backbone, adapters, gates, heads), paired batches of 1 and 32 of realistic sentences in
+ * alternating order; with the top-1 language route and first head's label of each sentence and
+ * the embedding cosine between the two.
  * The machine is shared and noisy: two variants that run the very same kernels (int8 and
  * int8_matmulinteger) have differed by up to 30% in one run here; read ratios over several runs.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { onnx as OnnxTypes } from 'onnx-proto';
 import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
+import { Model } from '../src/inference/model.js';
 import { encoderModelBytes } from '../src/onnx/bert.js';
 import { randomEncoder } from '../src/onnx/random-encoder.js';
+import { MANIFEST_FILE } from '../src/pack/manifest.js';
 import { Random } from '../src/util/random.js';
-import { log, median, positiveInt, round2, round3 } from './support.js';
+import { log, median, positiveInt, round2, round3, SENTENCES } from './support.js';
 
 const { values } = parseArgs({
   options: {
@@ -41,6 +49,7 @@ const { values } = parseArgs({
     batches: { type: 'string', default: '32' },
     shapes: { type: 'string', default: 'd256x4,d384x12' },
     matmulinteger: { type: 'boolean', default: false },
+    pack: { type: 'string' },
   },
 });
 const ROUNDS = positiveInt('rounds', values.rounds);
@@ -174,6 +183,83 @@ function cosines(a: Float32Array, b: Float32Array, mask: BigInt64Array, d: numbe
   return { token: stats(tokens), pooled: stats(items) };
 }
 
+/** The pack served float32 and int8 through the engine, side by side (see the header). */
+async function servedPack(packDir: string, dir: string) {
+  const manifest = JSON.parse(await readFile(join(packDir, MANIFEST_FILE), 'utf8'));
+  if (manifest.backbone.huggingface === undefined) {
+    throw new Error(`--pack ${packDir}: backbone.quantize needs a huggingface backbone`);
+  }
+  const int8Dir = join(dir, 'int8-pack');
+  await cp(packDir, int8Dir, { recursive: true, filter: (src) => !src.includes('/.cache') });
+  manifest.backbone = { ...manifest.backbone, quantize: 'int8' };
+  await writeFile(join(int8Dir, MANIFEST_FILE), JSON.stringify(manifest));
+  log(`[bench] serving ${packDir} float32 and int8 (building the int8 pack graph)`);
+  const float = await Model.open({ packDir, log: () => undefined });
+  const int8 = await Model.open({ packDir: int8Dir, log: () => undefined });
+  try {
+    const items = await float.prepare({ inputs: SENTENCES });
+    const batches: Record<string, unknown> = {};
+    for (const batch of [1, 32]) {
+      const times = { float: [] as number[], int8: [] as number[], ratio: [] as number[] };
+      for (let r = -4; r < (batch === 1 ? 200 : 3 * ROUNDS); r++) {
+        const chosen = Array.from(
+          { length: batch },
+          (_, j) => items[((r + 4) * batch + j) % items.length]!,
+        );
+        const order = r % 2 === 0 ? [float, int8] : [int8, float];
+        const ms = new Map<Model, number>();
+        for (const model of order) {
+          const t0 = performance.now();
+          await model.engine.run(chosen);
+          ms.set(model, performance.now() - t0);
+        }
+        if (r < 0) continue; // warm-up
+        times.float.push(ms.get(float)!);
+        times.int8.push(ms.get(int8)!);
+        times.ratio.push(ms.get(float)! / ms.get(int8)!);
+      }
+      batches[`batch_${batch}`] = {
+        float32_ms: round2(median(times.float)),
+        int8_ms: round2(median(times.int8)),
+        int8_speedup_paired: round3(median(times.ratio)),
+      };
+    }
+    const a = await float.infer({ inputs: SENTENCES });
+    const b = await int8.infer({ inputs: SENTENCES });
+    const group = float.pack.groups[0]?.id;
+    const head = float.pack.heads[0]?.id;
+    const same = a.filter(
+      (r, i) =>
+        (group === undefined ||
+          r.routing[group]?.[0]?.adapter === b[i]!.routing[group]?.[0]?.adapter) &&
+        (head === undefined || r.outputs[head]?.label === b[i]!.outputs[head]?.label),
+    ).length;
+    const cos = a.map((r, i) => {
+      const x = r.embedding;
+      const y = b[i]!.embedding;
+      let xy = 0;
+      let xx = 0;
+      let yy = 0;
+      for (let j = 0; j < x.length; j++) {
+        xy += x[j]! * y[j]!;
+        xx += x[j]! * x[j]!;
+        yy += y[j]! * y[j]!;
+      }
+      return xy / Math.sqrt(xx * yy);
+    });
+    return {
+      pack: packDir,
+      ...batches,
+      sentences: SENTENCES.length,
+      same_route_and_label: same,
+      embedding_cosine_min: Number(Math.min(...cos).toFixed(6)),
+    };
+  } finally {
+    await float.close();
+    await int8.close();
+  }
+}
+
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'bench-int8-'));
   try {
@@ -234,6 +320,7 @@ async function main(): Promise<void> {
       }
       log(`[bench] round ${round + 1}/${ROUNDS}`);
     }
+    const served = values.pack === undefined ? undefined : await servedPack(values.pack, dir);
     const results = [];
     for (const { d, layers } of SHAPES) {
       const shape = `d${d}x${layers}`;
@@ -282,6 +369,7 @@ async function main(): Promise<void> {
               .every((r) => (r.int8_speedup as number) >= TARGET),
           },
           kernels,
+          ...(served === undefined ? {} : { served }),
         },
         null,
         2,
