@@ -27,6 +27,8 @@ export interface LayerPackOptions {
   readonly layers?: number; // default 2
   readonly heads?: number; // default 2
   readonly intermediateSize?: number; // default 4 x hiddenSize
+  /** Longest input, position embeddings (default 40). */
+  readonly maxPositions?: number;
   /** Slots of the LoRA group (default 4). */
   readonly slots?: number;
   /** Rank of the LoRA group's slots, and of its adapters (default 4). */
@@ -44,6 +46,8 @@ export interface LayerPack {
   readonly packDir: string;
   readonly backbone: FixtureBackbone;
   readonly padTokenId: number;
+  /** Token ids run from 0 to vocabSize - 1; 2 and 3 are [CLS] and [SEP]. */
+  readonly vocabSize: number;
   readonly rank: number;
   readonly targetModules: readonly string[];
   /** Ids of the adapters in the pack, per group. */
@@ -68,6 +72,7 @@ export async function writeLayerPack(
     layers,
     heads: options.heads ?? 2,
     intermediateSize,
+    ...(options.maxPositions === undefined ? {} : { maxPositions: options.maxPositions }),
     seed,
   });
   const backbone: FixtureBackbone = { family: 'bert', hiddenSize, intermediateSize, layers };
@@ -109,7 +114,16 @@ export async function writeLayerPack(
     group('task', lora, { slots, rank }),
   ];
   await writeFile(manifestPath, JSON.stringify(manifest, null, 2));
-  return { packDir, backbone, padTokenId: hf.padTokenId, rank, targetModules, lora, bottleneck };
+  return {
+    packDir,
+    backbone,
+    padTokenId: hf.padTokenId,
+    vocabSize: hf.vocabSize,
+    rank,
+    targetModules,
+    lora,
+    bottleneck,
+  };
 }
 
 /** A PEFT LoRA folder that fits the pack's 'task' group; returns `dir`. */
