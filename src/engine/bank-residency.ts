@@ -24,8 +24,8 @@
  *   (inference_session_wrap.cc; session_options_helper.cc, ParsePreferredOutputLocations). On a
  *   cpu session the option is accepted and the outputs come back on the cpu (run here). Reading a
  *   device tensor back (`download`) is not implemented in the binding; nothing here needs it.
- * - The cuda provider takes `deviceId` and nothing else from Node 1.30 (session_options_helper.cc
- *   of 1.30; later versions add options such as enableCudaGraph, absent from the 1.30 binary).
+ * - The cuda provider takes `deviceId` and nothing else from Node 1.30: the binary holds no other
+ *   cuda option name (a newer session_options_helper.cc reads gpuMemLimit, enableCudaGraph, ...).
  *   No IO binding and no device memory for cuda: a host feed is copied in every run.
  * - `enableGraphCapture` is typed in onnxruntime-common for the web WebGPU backend only; the Node
  *   binding does not read it.
