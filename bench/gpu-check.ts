@@ -103,6 +103,9 @@ function usage(message: string): never {
   process.exit(2);
 }
 
+/** What a section reports: whether every output agreed with cpu, and its measurements. */
+type SectionReport = { outputsAgree: boolean } & Record<string, unknown>;
+
 // ---- 2-4: the pack on the provider against cpu ------------------------------------------------
 
 /** `n` inputs cycled from multilingual sample sentences, each made distinct by its number. */
@@ -185,8 +188,8 @@ async function packCheck(
   provider: ExecutionProvider,
   packDir: string,
   reference: Model,
-): Promise<Record<string, unknown>> {
-  const report: Record<string, unknown> = {};
+): Promise<SectionReport> {
+  const report: SectionReport = { outputsAgree: false };
   const model = await openOn(packDir, provider);
   try {
     report.bankResidency = model.engine.bankResidency;
@@ -354,7 +357,7 @@ async function writeCosts(model: Model, bank: BankPack): Promise<WriteCost[]> {
 async function bankCheck(
   provider: ExecutionProvider,
   banks: readonly BankPack[],
-): Promise<Record<string, unknown>> {
+): Promise<SectionReport> {
   const rows: Record<string, unknown>[] = [];
   let agree = true;
   let residencies: BankResidency[] = [];
@@ -457,27 +460,30 @@ async function main(): Promise<number> {
     }
     const results = report.results as Record<string, unknown>;
     for (const provider of providers) {
-      const result: Record<string, unknown> = {};
+      const result: Record<string, unknown> = { started: true };
       results[provider] = result;
-      try {
-        if (packDir !== undefined) {
-          result.pack = await packCheck(provider, packDir, reference!);
-          ok &&= (result.pack as { outputsAgree: boolean }).outputsAgree;
+      // Each section on its own: a provider that cannot start is the answer for it (the next
+      // provider is checked); any other failure is reported and the next section still runs.
+      const sections: [string, () => Promise<SectionReport>][] = [];
+      if (packDir !== undefined)
+        sections.push(['pack', () => packCheck(provider, packDir, reference!)]);
+      if (banks.length > 0) sections.push(['banks', () => bankCheck(provider, banks)]);
+      for (const [name, section] of sections) {
+        try {
+          const outcome = await section();
+          result[name] = outcome;
+          ok &&= outcome.outputsAgree;
+        } catch (error) {
+          const message = (error as Error).message;
+          ok = false;
+          result[name] = { error: message };
+          log(`FAIL ${provider} ${name}: ${message}`);
+          if (error instanceof MoeError && error.code === 'ENGINE_PROVIDER_UNAVAILABLE') {
+            result.started = false;
+            result.error = message;
+            break;
+          }
         }
-        if (banks.length > 0) {
-          result.banks = await bankCheck(provider, banks);
-          ok &&= (result.banks as { outputsAgree: boolean }).outputsAgree;
-        }
-        result.started = true;
-      } catch (error) {
-        // A provider that cannot start is this check's answer for it; the others still run.
-        const message = (error as Error).message;
-        result.started = !(
-          error instanceof MoeError && error.code === 'ENGINE_PROVIDER_UNAVAILABLE'
-        );
-        result.error = message;
-        ok = false;
-        log(`FAIL ${provider}: ${message}`);
       }
     }
   } finally {
