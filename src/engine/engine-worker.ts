@@ -55,6 +55,7 @@ let backbone: ort.InferenceSession | undefined;
 let backboneTakesTokenTypes = false;
 /** The pack graph reads input_ids (built backbone, or token_bag gates). */
 let takesIds = false;
+/** Fault injection: block the thread this long at the next batch or slot write. */
 let stallNextRunMs = 0;
 
 function post(message: WorkerMessage, transfer: ArrayBuffer[] = []): void {
@@ -172,15 +173,17 @@ function writeSlot(request: SlotWriteRequest): void {
   }
 }
 
-async function run(request: RunRequest): Promise<void> {
-  if (stallNextRunMs > 0) {
-    // Fault injection (tests): a wedged native call, as far as the host can tell.
-    const until = Date.now() + stallNextRunMs;
-    stallNextRunMs = 0;
-    while (Date.now() < until) {
-      /* busy: the thread answers nothing meanwhile */
-    }
+/** Fault injection (tests): a wedged native call, as far as the host can tell. */
+function stallIfAsked(): void {
+  if (stallNextRunMs <= 0) return;
+  const until = Date.now() + stallNextRunMs;
+  stallNextRunMs = 0;
+  while (Date.now() < until) {
+    /* busy: the thread answers nothing meanwhile */
   }
+}
+
+async function run(request: RunRequest): Promise<void> {
   const B = request.batchSize;
   const dims = [B, request.sequenceLength];
   const mask = new ort.Tensor('int64', request.attentionMask, dims);
@@ -254,6 +257,7 @@ async function run(request: RunRequest): Promise<void> {
 }
 
 async function handle(message: HostMessage): Promise<void> {
+  if (message.type === 'run' || message.type === 'write-slot') stallIfAsked();
   switch (message.type) {
     case 'run':
       try {

@@ -360,14 +360,18 @@ export class Engine extends EventEmitter<EngineEvents> {
     });
   }
 
-  /** Forget adapter `id`; its slot is cleared after the batches already routed to it. */
+  /**
+   * Forget adapter `id`. No batch dispatched from now on routes to it; its slot is cleared in
+   * each worker after the batches already routed to it, and this resolves once every worker has
+   * done so (the slot is free everywhere).
+   */
   removeAdapter(id: string): Promise<void> {
     return this.serialise(async () => {
       const cached = this.cache.get(id);
       if (cached === undefined) return;
       this.cache.delete(id);
       const slot = this.tables[cached.group]!.remove(id);
-      if (slot !== undefined) this.postWrite(cached.group, slot, undefined, undefined);
+      if (slot !== undefined) await this.writeEverywhere(cached.group, slot, undefined, undefined);
     });
   }
 
@@ -376,7 +380,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.workers[index]?.worker.postMessage({ type: 'crash' } satisfies HostMessage);
   }
 
-  /** Fault injection for tests: worker `index` blocks for `ms` at its next batch. */
+  /** Fault injection for tests: worker `index` blocks for `ms` at its next batch or slot write. */
   stallWorkerForTest(index: number, ms: number): void {
     this.workers[index]?.worker.postMessage({ type: 'stall', ms } satisfies HostMessage);
   }
@@ -417,11 +421,11 @@ export class Engine extends EventEmitter<EngineEvents> {
     return targets;
   }
 
-  /** Write `slot` in every live worker and wait until each has it. */
+  /** Write `slot` in every live worker (undefined: clear it) and wait until each has. */
   private writeEverywhere(
     group: number,
     slot: number,
-    adapter: SlotAdapter,
+    adapter: SlotAdapter | undefined,
     gateColumn: number | undefined,
   ): Promise<void> {
     const ack = this.nextAck++;

@@ -85,7 +85,7 @@ export type HostMessage =
   | { readonly type: 'stop' }
   /** Fault injection for tests; ignored unless WorkerInit.allowFaultInjection. */
   | { readonly type: 'crash' }
-  /** Fault injection for tests: block the thread for `ms` at the next batch. */
+  /** Fault injection for tests: block the thread for `ms` at the next batch or slot write. */
   | { readonly type: 'stall'; readonly ms: number };
 
 export interface RunOutputs {
