@@ -216,6 +216,75 @@ describe('adapter registry', () => {
     assert.equal(model.registry.get('extra')!.loadedAt, loadedAt);
   });
 
+  it('goes through its states: loading, then ready; unloading, then gone; failed until cleared', async () => {
+    // A worker that stalls at its next message makes each state last long enough to be seen.
+    const slow = await Model.open({
+      packDir,
+      engine: {
+        workers: 1,
+        intraOpThreads: 1,
+        slotWriteTimeoutMs: 1500,
+        allowFaultInjection: true,
+      },
+    });
+    /** Whether `id` is listed in `state` at some point while `work` runs. */
+    const seen = async (id: string, state: string, work: Promise<unknown>) => {
+      let hit = false;
+      let done = false;
+      void work.then(
+        () => (done = true),
+        () => (done = true),
+      );
+      while (!done && !hit) {
+        hit = slow.registry.get(id)?.state === state;
+        await new Promise(setImmediate);
+      }
+      await work;
+      return hit;
+    };
+    try {
+      const dir = join(root, 'states');
+      await writeAdapterFolder(
+        dir,
+        randomAdapter(rng, {
+          id: 'states',
+          group: 'language',
+          hiddenSize: slow.pack.hiddenSize,
+          rank: 4,
+          activation: (slow.pack.groups[0]!.adapters[0] as BottleneckAdapter).activation,
+          residual: true,
+        }),
+      );
+      slow.engine.stallWorkerForTest(0, 300);
+      assert.ok(await seen('states', 'loading', slow.registry.load(dir)), 'never seen loading');
+      assert.equal(slow.registry.get('states')!.state, 'ready');
+      slow.engine.stallWorkerForTest(0, 300);
+      assert.ok(
+        await seen('states', 'unloading', slow.registry.unload('states')),
+        'never seen unloading',
+      );
+      assert.equal(slow.registry.get('states'), undefined);
+      // A load the engine fails (a worker that does not take the write in time): listed as
+      // failed, with the reason, until an unload clears it; nothing else changes.
+      const before = slow.registry.list().map((a) => [a.id, a.state]);
+      slow.engine.stallWorkerForTest(0, 2500);
+      await rejectsWith(slow.registry.load(dir), 'ENGINE_TIMEOUT');
+      const failed = slow.registry.get('states')!;
+      assert.equal(failed.state, 'failed');
+      assert.match(failed.error!, /did not take the adapter/);
+      await slow.registry.unload('states');
+      assert.deepEqual(
+        slow.registry.list().map((a) => [a.id, a.state]),
+        before,
+      );
+      // Once the worker is back, the same folder loads.
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      assert.equal((await slow.registry.load(dir)).state, 'ready');
+    } finally {
+      await slow.close();
+    }
+  });
+
   it('unloads it: pinning it is then a clear error', async () => {
     await model.registry.unload('extra');
     assert.equal(model.registry.get('extra'), undefined);

@@ -147,7 +147,7 @@ describe('main.js', () => {
       join(checkout, 'hooks.mjs'),
       `export async function resolve(specifier, context, next) {
         const result = await next(specifier, context);
-        if (/onnxruntime-node|\\/demo\\//.test(result.url)) {
+        if (/onnxruntime-node|\\/demo\\/|\\/engine\\/pack-session\\.js/.test(result.url)) {
           process.stderr.write('LOADED ' + result.url + ' FROM ' + context.parentURL + '\\n');
         }
         return result;
@@ -182,13 +182,17 @@ describe('main.js', () => {
     const ort = loads.filter((line) => /LOADED \S*onnxruntime-node/.test(line));
     assert.ok(ort.length > 0, `the engine workers load onnxruntime-node:\n${stderr}`);
     for (const line of ort) {
-      // From the engine worker (a worker thread), or inside the package itself.
+      // From the engine worker (a worker thread), the pack session it alone imports, or inside
+      // the package itself.
       assert.match(
         line,
-        /FROM \S*(\/src\/engine\/engine-worker\.js|\/node_modules\/onnxruntime-node\/)/,
+        /FROM \S*(\/src\/engine\/(engine-worker|pack-session)\.js|\/node_modules\/onnxruntime-node\/)/,
         line,
       );
     }
+    const packSession = loads.filter((line) => /LOADED \S*\/engine\/pack-session\.js/.test(line));
+    assert.ok(packSession.length > 0, stderr);
+    for (const line of packSession) assert.match(line, /FROM \S*\/src\/engine\/engine-worker\.js$/);
     assert.deepEqual(
       // demo/ensure.js is the light presence check (no trainer, no ORT); nothing else of demo/.
       loads.filter((line) => /LOADED \S*\/src\/demo\/(?!ensure\.js)/.test(line)),

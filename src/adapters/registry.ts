@@ -347,23 +347,22 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
           { id, group },
         );
       }
+      // Out of the routing view first (an adapter unloading is not routable): no batch dispatched
+      // from now on routes to it. It stays listed, 'unloading', until its slot is free everywhere.
       this.status.set(id, { state: 'unloading' });
-      // Out of the routing view first: no batch dispatched from now on routes to it.
-      const entries = this.served.get(group)!;
-      const entry = entries.get(id)!;
-      entries.delete(id);
       this.routingView = this.buildView();
       try {
         await this.host?.removeAdapter(id);
       } catch (error) {
-        entries.set(id, entry);
-        this.routingView = this.buildView();
         this.status.delete(id);
+        this.routingView = this.buildView();
         const failure = asMoeError(error);
         this.emit('failed', { id, operation: 'unload', seconds: since(started), error: failure });
         throw failure;
       }
+      this.served.get(group)!.delete(id);
       this.status.delete(id);
+      this.routingView = this.buildView();
       this.emit('unloaded', { id, group, seconds: since(started) });
     });
   }
@@ -424,7 +423,9 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
       return {
         id: group.id,
         gated: group.gate !== null,
-        adapters: [...this.served.get(group.id)!.keys()],
+        adapters: [...this.served.get(group.id)!.keys()].filter(
+          (id) => this.status.get(id)?.state !== 'unloading',
+        ),
         gateKnows: (id: string) => known.has(id),
         defaultK: info.defaultK,
         defaultAdapter: info.defaultAdapter,

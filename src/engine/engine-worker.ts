@@ -3,9 +3,11 @@
  * for export folders), owns the slot banks, and runs batches. session.run() blocks this thread for
  * the whole forward pass, which is why it lives here and never on the HTTP thread (FIELD-NOTES).
  *
- * Slot banks are graph inputs backed by typed arrays this worker allocates once. onnxruntime-node
- * hands CPU inputs to the session without copying them (FIELD-NOTES: a 1 GB input costs 0.4 ms
- * per run), so a slot write is a copy into the array and nothing else: the next run sees it.
+ * Slot banks are graph inputs backed by typed arrays this worker owns (pack-session.ts). On cpu
+ * onnxruntime-node hands them to the session without copying them (FIELD-NOTES: a 1 GB input costs
+ * 0.4 ms per run), so a slot write is a copy into the array and nothing else. On a GPU provider
+ * the banks are kept on the device instead, and the first batch after a write brings them up to
+ * date there (bank-residency.ts says how, per provider, and why).
  *
  * Messages are handled strictly one at a time, in arrival order: a slot write or a stop that
  * arrives while a batch runs waits for that batch to finish (the host's correctness relies on it).
@@ -29,8 +31,9 @@ import {
   groupTopPName,
   groupWeightsName,
   headScoresName,
-  rowSize,
 } from '../onnx/pack-graph-contract.js';
+import { resolveBankResidency } from './bank-residency.js';
+import { PackSession } from './pack-session.js';
 import type {
   HostMessage,
   RunRequest,
@@ -42,37 +45,18 @@ import type {
 
 const BACKBONE_OUTPUT = 'last_hidden_state';
 
-interface Bank {
-  readonly data: Float32Array | BigInt64Array;
-  readonly rowSize: number;
-  readonly tensor: ort.Tensor;
-}
-
 const port = parentPort;
 if (port === null) throw new Error('engine-worker.js must run as a worker thread');
 const init = workerData as WorkerInit;
 const graph = init.graph;
-let session: ort.InferenceSession | undefined;
+/** The pack graph's session and the slot banks it reads. */
+let pack: PackSession | undefined;
 let backbone: ort.InferenceSession | undefined;
 let backboneTakesTokenTypes = false;
 /** The pack graph reads input_ids (built backbone, or token_bag gates). */
 let takesIds = false;
+/** Fault injection: block the thread this long at the next batch or slot write. */
 let stallNextRunMs = 0;
-
-/** Bank name -> its array and the tensor over it (created once; writes mutate the array). */
-const banks = new Map<string, Bank>();
-for (const spec of graph.banks) {
-  const size = rowSize(spec);
-  const data =
-    spec.dtype === 'int64'
-      ? new BigInt64Array(spec.rows * size)
-      : new Float32Array(spec.rows * size);
-  banks.set(spec.name, {
-    data,
-    rowSize: size,
-    tensor: new ort.Tensor(spec.dtype, data, [spec.rows, ...spec.rowShape]),
-  });
-}
 
 function post(message: WorkerMessage, transfer: ArrayBuffer[] = []): void {
   port!.postMessage(message, transfer);
@@ -101,16 +85,9 @@ function providerOption(settings: SessionSettings): ort.InferenceSession.Executi
 /** Settings of the sessions this worker runs (after a fallback: cpu, not what was asked for). */
 let active: SessionSettings = init.session;
 
-async function createSession(model: string | Uint8Array): Promise<ort.InferenceSession> {
-  const options = sessionOptions(active);
-  return typeof model === 'string'
-    ? ort.InferenceSession.create(model, options)
-    : ort.InferenceSession.create(model, options);
-}
-
 async function openSessions(): Promise<void> {
   if (graph.externalBackbone !== undefined) {
-    backbone = await createSession(graph.externalBackbone);
+    backbone = await ort.InferenceSession.create(graph.externalBackbone, sessionOptions(active));
     for (const name of ['input_ids', 'attention_mask']) {
       if (!backbone.inputNames.includes(name)) {
         throw new Error(
@@ -126,14 +103,19 @@ async function openSessions(): Promise<void> {
     }
     backboneTakesTokenTypes = backbone.inputNames.includes('token_type_ids');
   }
-  session = await createSession(graph.model);
-  takesIds = session.inputNames.includes(GRAPH_INPUT_IDS);
+  pack = await PackSession.open({
+    model: graph.model,
+    banks: graph.banks,
+    residency: resolveBankResidency(active.bankResidency, active.executionProvider),
+    sessionOptions: sessionOptions(active),
+  });
+  takesIds = pack.inputNames.includes(GRAPH_INPUT_IDS);
 }
 
 async function releaseSessions(): Promise<void> {
-  await session?.release().catch(() => undefined);
+  await pack?.release();
   await backbone?.release().catch(() => undefined);
-  session = undefined;
+  pack = undefined;
   backbone = undefined;
 }
 
@@ -148,7 +130,7 @@ async function start(): Promise<void> {
   const requested = init.session.executionProvider;
   try {
     await openSessions();
-    post({ type: 'ready', provider: requested });
+    post({ type: 'ready', provider: requested, bankResidency: pack!.residency });
     return;
   } catch (error) {
     await releaseSessions();
@@ -165,7 +147,12 @@ async function start(): Promise<void> {
       await releaseSessions();
       fail({ type: 'provider-failed', provider: requested, message: reason });
     }
-    post({ type: 'ready', provider: 'cpu', fallbackReason: reason });
+    post({
+      type: 'ready',
+      provider: 'cpu',
+      bankResidency: pack!.residency,
+      fallbackReason: reason,
+    });
   }
 }
 
@@ -182,27 +169,21 @@ function writeSlot(request: SlotWriteRequest): void {
     request.adapter,
     request.gateColumn,
   )) {
-    const bank = banks.get(write.bank);
-    if (bank === undefined) throw new Error(`no slot bank '${write.bank}' in this graph`);
-    if (
-      write.data.length % bank.rowSize !== 0 ||
-      (write.row + write.data.length / bank.rowSize) * bank.rowSize > bank.data.length
-    ) {
-      throw new Error(`slot write to '${write.bank}' row ${write.row} does not fit the bank`);
-    }
-    (bank.data as Float32Array).set(write.data as Float32Array, write.row * bank.rowSize);
+    pack!.writeRows(write.bank, write.row, write.data);
+  }
+}
+
+/** Fault injection (tests): a wedged native call, as far as the host can tell. */
+function stallIfAsked(): void {
+  if (stallNextRunMs <= 0) return;
+  const until = Date.now() + stallNextRunMs;
+  stallNextRunMs = 0;
+  while (Date.now() < until) {
+    /* busy: the thread answers nothing meanwhile */
   }
 }
 
 async function run(request: RunRequest): Promise<void> {
-  if (stallNextRunMs > 0) {
-    // Fault injection (tests): a wedged native call, as far as the host can tell.
-    const until = Date.now() + stallNextRunMs;
-    stallNextRunMs = 0;
-    while (Date.now() < until) {
-      /* busy: the thread answers nothing meanwhile */
-    }
-  }
   const B = request.batchSize;
   const dims = [B, request.sequenceLength];
   const mask = new ort.Tensor('int64', request.attentionMask, dims);
@@ -235,8 +216,7 @@ async function run(request: RunRequest): Promise<void> {
     feeds[groupKmaxName(i)] = new ort.Tensor('int64', BigInt64Array.of(BigInt(group.kmax)), [1]);
     feeds[groupTopPName(i)] = new ort.Tensor('float32', group.topP, [B]);
   });
-  for (const [name, bank] of banks) feeds[name] = bank.tensor;
-  const out = await session!.run(feeds);
+  const { outputs: out, bankSyncMs } = await pack!.run(feeds);
   const t2 = performance.now();
 
   // Copies: small outputs, and a copy gives each its own buffer to transfer.
@@ -270,13 +250,14 @@ async function run(request: RunRequest): Promise<void> {
       type: 'result',
       id: request.id,
       outputs,
-      timings: { backboneMs: t1 - t0, graphMs: t2 - t1 },
+      timings: { backboneMs: t1 - t0, bankSyncMs, graphMs: t2 - t1 - bankSyncMs },
     },
     transfer,
   );
 }
 
 async function handle(message: HostMessage): Promise<void> {
+  if (message.type === 'run' || message.type === 'write-slot') stallIfAsked();
   switch (message.type) {
     case 'run':
       try {

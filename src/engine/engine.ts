@@ -27,6 +27,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { SlotAdapter, SlotGroup } from '../adapters/slot-writer.js';
 import { MoeError } from '../errors.js';
+import type { BankResidency, BankResidencySetting } from './bank-residency.js';
 import { decodeBatch, type EngineItemResult } from './decode.js';
 import type {
   ExecutionProvider,
@@ -74,6 +75,13 @@ export interface EngineOptions {
   readonly slotWriteTimeoutMs?: number;
   /** Accept the test-only 'crash' and 'stall' messages. Default false. */
   readonly allowFaultInjection?: boolean;
+  /**
+   * Where the workers keep the slot banks. Default 'auto': the provider's own choice
+   * (bank-residency.ts: host arrays on cpu, device copies on webgpu, session initializers on
+   * cuda). The others force a mode on any provider, for tests and bench/gpu-check; no deployment
+   * setting reaches this.
+   */
+  readonly bankResidency?: BankResidencySetting;
 }
 
 /** What the engine runs: the pack graph, and what it must know to feed and decode it. */
@@ -181,6 +189,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   private restarts = 0;
   private providerInUse: ExecutionProvider | undefined;
   private fallbackReason: string | undefined;
+  private bankResidencyInUse: BankResidency | undefined;
 
   private constructor(
     options: EngineOptions,
@@ -200,6 +209,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       startTimeoutMs: options.startTimeoutMs ?? 300_000,
       slotWriteTimeoutMs: options.slotWriteTimeoutMs ?? 30_000,
       allowFaultInjection: options.allowFaultInjection ?? false,
+      bankResidency: options.bankResidency ?? 'auto',
     };
     this.tables = graph.groups.map((group) => new SlotTable(group.slots));
     this.view = () => ({ groups: [] });
@@ -240,6 +250,11 @@ export class Engine extends EventEmitter<EngineEvents> {
       deviceId: this.options.deviceId,
       fallbackReason: this.fallbackReason,
     };
+  }
+
+  /** Where the workers keep the slot banks; undefined until the first worker is ready. */
+  get bankResidency(): BankResidency | undefined {
+    return this.bankResidencyInUse;
   }
 
   /** Ready workers with no batch in flight. */
@@ -345,14 +360,18 @@ export class Engine extends EventEmitter<EngineEvents> {
     });
   }
 
-  /** Forget adapter `id`; its slot is cleared after the batches already routed to it. */
+  /**
+   * Forget adapter `id`. No batch dispatched from now on routes to it; its slot is cleared in
+   * each worker after the batches already routed to it, and this resolves once every worker has
+   * done so (the slot is free everywhere).
+   */
   removeAdapter(id: string): Promise<void> {
     return this.serialise(async () => {
       const cached = this.cache.get(id);
       if (cached === undefined) return;
       this.cache.delete(id);
       const slot = this.tables[cached.group]!.remove(id);
-      if (slot !== undefined) this.postWrite(cached.group, slot, undefined, undefined);
+      if (slot !== undefined) await this.writeEverywhere(cached.group, slot, undefined, undefined);
     });
   }
 
@@ -361,7 +380,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.workers[index]?.worker.postMessage({ type: 'crash' } satisfies HostMessage);
   }
 
-  /** Fault injection for tests: worker `index` blocks for `ms` at its next batch. */
+  /** Fault injection for tests: worker `index` blocks for `ms` at its next batch or slot write. */
   stallWorkerForTest(index: number, ms: number): void {
     this.workers[index]?.worker.postMessage({ type: 'stall', ms } satisfies HostMessage);
   }
@@ -402,11 +421,11 @@ export class Engine extends EventEmitter<EngineEvents> {
     return targets;
   }
 
-  /** Write `slot` in every live worker and wait until each has it. */
+  /** Write `slot` in every live worker (undefined: clear it) and wait until each has. */
   private writeEverywhere(
     group: number,
     slot: number,
-    adapter: SlotAdapter,
+    adapter: SlotAdapter | undefined,
     gateColumn: number | undefined,
   ): Promise<void> {
     const ack = this.nextAck++;
@@ -517,7 +536,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     if (running.length === 0) {
       batch.resolve({
         items: outcomes as ItemOutcome[],
-        timings: { backboneMs: 0, graphMs: 0 },
+        timings: { backboneMs: 0, bankSyncMs: 0, graphMs: 0 },
         paddedTokens: 0,
       });
       return;
@@ -616,7 +635,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       });
       flight.batch.resolve({
         items: flight.outcomes as ItemOutcome[],
-        timings: timings ?? { backboneMs: 0, graphMs: 0 },
+        timings: timings ?? { backboneMs: 0, bankSyncMs: 0, graphMs: 0 },
         paddedTokens: flight.paddedTokens,
       });
     }
@@ -635,6 +654,7 @@ export class Engine extends EventEmitter<EngineEvents> {
           deviceId: this.options.deviceId,
           allowFallback: this.options.allowProviderFallback,
           intraOpThreads: this.options.intraOpThreads,
+          bankResidency: this.options.bankResidency,
         },
         allowFaultInjection: this.options.allowFaultInjection,
       },
@@ -675,6 +695,7 @@ export class Engine extends EventEmitter<EngineEvents> {
             clearTimeout(startTimer);
             slot.ready = true;
             this.providerInUse = message.provider;
+            this.bankResidencyInUse = message.bankResidency;
             this.fallbackReason ??= message.fallbackReason;
             this.emit('worker-ready', { worker: index, provider: message.provider });
             resolve();

@@ -8,6 +8,7 @@
  */
 import type { SlotAdapter, SlotGroup } from '../adapters/slot-writer.js';
 import type { BankSpec } from '../onnx/pack-graph-contract.js';
+import type { BankResidency, BankResidencySetting } from './bank-residency.js';
 
 /**
  * ORT execution providers the engine can ask for. `cpu` ships in onnxruntime-node; `webgpu` is
@@ -23,6 +24,8 @@ export interface SessionSettings {
   /** When the provider cannot start: run on `cpu` instead (true) or fail the worker (false). */
   readonly allowFallback: boolean;
   readonly intraOpThreads: number;
+  /** Where the slot banks live ('auto': the provider's own, bank-residency.ts). */
+  readonly bankResidency: BankResidencySetting;
 }
 
 /** The pack graph a worker runs, and its slot banks. */
@@ -82,7 +85,7 @@ export type HostMessage =
   | { readonly type: 'stop' }
   /** Fault injection for tests; ignored unless WorkerInit.allowFaultInjection. */
   | { readonly type: 'crash' }
-  /** Fault injection for tests: block the thread for `ms` at the next batch. */
+  /** Fault injection for tests: block the thread for `ms` at the next batch or slot write. */
   | { readonly type: 'stall'; readonly ms: number };
 
 export interface RunOutputs {
@@ -100,6 +103,11 @@ export interface RunOutputs {
 export interface StageTimings {
   /** The external ONNX backbone's run (0 when the backbone is in the pack graph). */
   readonly backboneMs: number;
+  /**
+   * Bringing the slot banks' device side up to date before the run, after slot writes (a copy to
+   * the device, or a new session; bank-residency.ts). 0 when nothing was written, and on cpu.
+   */
+  readonly bankSyncMs: number;
   /** The pack graph's run. */
   readonly graphMs: number;
 }
@@ -109,6 +117,8 @@ export type WorkerMessage =
       readonly type: 'ready';
       /** The provider the sessions really run on. */
       readonly provider: ExecutionProvider;
+      /** Where this worker keeps the slot banks. */
+      readonly bankResidency: BankResidency;
       /** Set when the requested provider could not start and the worker fell back to cpu. */
       readonly fallbackReason?: string;
     }

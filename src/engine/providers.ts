@@ -15,3 +15,11 @@ export interface ProviderListing {
 export function listProviders(): ProviderListing[] {
   return ort.listSupportedBackends().map(({ name, bundled }) => ({ name, bundled }));
 }
+
+/** Versions of the ORT packages in use (onnxruntime-common and the Node binding). */
+export function runtimeVersions(): {
+  readonly ort: string | undefined;
+  readonly ortCommon: string;
+} {
+  return { ort: ort.env.versions.node, ortCommon: ort.env.versions.common };
+}

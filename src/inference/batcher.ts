@@ -207,7 +207,8 @@ export class Batcher {
     const started = performance.now();
     this.engine.run(batch.map((entry) => entry.item)).then(
       (outcome) => {
-        const forwardMs = outcome.timings.backboneMs + outcome.timings.graphMs;
+        const { backboneMs, bankSyncMs, graphMs } = outcome.timings;
+        const forwardMs = backboneMs + bankSyncMs + graphMs;
         this.options.onBatch?.({
           items: batch.length,
           paddedTokens: outcome.paddedTokens,

@@ -9,7 +9,7 @@
  * processes that build at once both end with the same files. With `removeOthers`, builds for
  * other keys in the same parent are removed once a new one is in place (the pack's own cache).
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -45,7 +45,8 @@ export async function cachedGraph(
   } catch (error) {
     throw cacheError(parent, error, options.hint);
   }
-  const staging = join(parent, `.${name}.building-${process.pid}`);
+  // Unique per build: two opens of one pack, in one process or two, must not share it.
+  const staging = join(parent, `.${name}.building-${process.pid}-${randomUUID()}`);
   await rm(staging, { recursive: true, force: true });
   try {
     await mkdir(staging);
