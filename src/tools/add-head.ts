@@ -183,19 +183,25 @@ function softmax(logits: Float64Array): Float64Array {
 
 const round4 = (x: number) => Math.round(x * 1e4) / 1e4;
 
-/** The head input of every line: the pack served with its embedding not normalised. */
+/**
+ * The head input of every line: the pack served with its embedding not normalised. A pack that
+ * normalises needs another graph for that, built in a temporary cache (the pack's own cache keeps
+ * the served graph); otherwise the served graph is the one, cached as usual.
+ */
 async function embedLines(
-  packDir: string,
+  pack: LoadedPack,
   lines: readonly Line[],
   routing: Pick<InferRequest, 'adapters'>,
   options: Pick<AddHeadOptions, 'engine' | 'log'>,
 ): Promise<Float64Array[]> {
-  const cacheDir = await mkdtemp(join(tmpdir(), 'add-head-graph-'));
+  const cacheDir = pack.pooling.normalize
+    ? await mkdtemp(join(tmpdir(), 'add-head-graph-'))
+    : undefined;
   try {
     const model = await Model.open({
-      packDir,
+      packDir: pack.dir,
       headInput: true,
-      backboneCacheDir: cacheDir,
+      ...(cacheDir === undefined ? {} : { backboneCacheDir: cacheDir }),
       ...(options.engine === undefined ? {} : { engine: options.engine }),
       ...(options.log === undefined ? {} : { log: options.log }),
     });
@@ -211,7 +217,7 @@ async function embedLines(
       await model.close();
     }
   } finally {
-    await rm(cacheDir, { recursive: true, force: true });
+    if (cacheDir !== undefined) await rm(cacheDir, { recursive: true, force: true });
   }
 }
 
@@ -268,7 +274,7 @@ export async function addHead(options: AddHeadOptions): Promise<AddHeadResult> {
     `add-head: ${labels.length} labels, ${train.length} training and ${heldout.length} held-out lines; embedding them with ${pack.dir}${options.pin ? ` pinned to ${options.pin.group}:${options.pin.adapter}` : ''}`,
   );
   const routing = options.pin ? { adapters: { [options.pin.group]: options.pin.adapter } } : {};
-  const features = await embedLines(options.pack, [...train, ...heldout], routing, options);
+  const features = await embedLines(pack, [...train, ...heldout], routing, options);
   const trainX = features.slice(0, train.length);
   const heldoutX = features.slice(train.length);
 
