@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -175,6 +175,8 @@ describe('pack add-head', () => {
     assert.equal(entry.metadata.chance, 0.5);
     const head = await readHead(pack.dir, entry.file);
     assert.deepEqual(head.shape, [32, 2]);
+    // The graph that read the un-normalised features is gone; the served one is cached.
+    assert.deepEqual(await readdir(join(pack.dir, '.cache')), ['graph']);
     assert.equal((await loadPack(pack.dir)).heads[0]!.id, 'language');
 
     // Served: the task is listed with its labels, its predictions on every line match their
@@ -282,7 +284,22 @@ describe('pack add-head', () => {
       await model.close();
     }
 
-    // Usage errors exit 2.
+    // An adapter the group does not have, and usage errors (exit 2).
+    await assert.rejects(
+      addHead({
+        pack: pack.dir,
+        task: 'other',
+        data: dataDir,
+        pin: { group: 'task', adapter: 'x' },
+      }),
+      /--pin task:x: 'x' is not an adapter of group 'task' \(tuned\)/,
+    );
+    const badPin = await run(process.execPath, [PACK_CLI, ...args, '--pin', 'tuned']).then(
+      () => assert.fail('add-head took --pin without a group'),
+      (error: { code: number; stderr: string }) => error,
+    );
+    assert.equal(badPin.code, 2);
+    assert.match(badPin.stderr, /--pin takes GROUP:ADAPTER, got 'tuned'/);
     const usage = await run(process.execPath, [PACK_CLI, 'add-head', '--pack', pack.dir]).then(
       () => assert.fail('add-head ran without --task and --data'),
       (error: { code: number; stderr: string }) => error,

@@ -23,11 +23,10 @@
  * the float64 ones. On any failure the manifest and head file are put back as they were.
  *
  * A pack that normalises its embeddings needs a graph without the normalisation to read the head
- * input: it is built in a temporary cache and deleted afterwards (for a Hugging Face backbone,
- * one graph build more than add-adapter's).
+ * input: it is built in a temporary folder, `<pack>/.cache/head-input-*`, deleted afterwards (for
+ * a Hugging Face backbone, one graph build more than add-adapter's).
  */
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { linearLogits, trainLinearGate } from '../demo/train.js';
 import type { EngineOptions } from '../engine/engine.js';
@@ -185,8 +184,8 @@ const round4 = (x: number) => Math.round(x * 1e4) / 1e4;
 
 /**
  * The head input of every line: the pack served with its embedding not normalised. A pack that
- * normalises needs another graph for that, built in a temporary cache (the pack's own cache keeps
- * the served graph); otherwise the served graph is the one, cached as usual.
+ * normalises needs another graph for that, built in a temporary folder of the pack's .cache (its
+ * graph cache keeps the served graph only); otherwise the served graph is the one, cached as usual.
  */
 async function embedLines(
   pack: LoadedPack,
@@ -194,9 +193,11 @@ async function embedLines(
   routing: Pick<InferRequest, 'adapters'>,
   options: Pick<AddHeadOptions, 'engine' | 'log'>,
 ): Promise<Float64Array[]> {
-  const cacheDir = pack.pooling.normalize
-    ? await mkdtemp(join(tmpdir(), 'add-head-graph-'))
-    : undefined;
+  let cacheDir: string | undefined;
+  if (pack.pooling.normalize) {
+    await mkdir(join(pack.dir, '.cache'), { recursive: true });
+    cacheDir = await mkdtemp(join(pack.dir, '.cache', 'head-input-'));
+  }
   try {
     const model = await Model.open({
       packDir: pack.dir,
