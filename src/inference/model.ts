@@ -27,6 +27,14 @@ export interface ModelOptions {
   readonly log?: (line: string) => void;
   /** What to do with inputs longer than the pack's max_length. Default 'truncate'. */
   readonly truncation?: TruncationPolicy;
+  /**
+   * Default false. true: the embedding output is what the pack's heads read, the pooled final state
+   * before any L2 normalisation (models/README.md, "The forward pass"), for training heads
+   * (src/tools/add-head.ts). With `pooling.normalize` that is another graph than the served one,
+   * so a Hugging Face pack then needs its own `backboneCacheDir` (the default cache keeps one
+   * graph per pack and would drop the served one).
+   */
+  readonly headInput?: boolean;
 }
 
 /** A request in the API's own terms (the HTTP body maps onto it one to one). */
@@ -310,7 +318,9 @@ export class Model extends ModelFrontend {
   }
 
   static override async open(options: ModelOptions): Promise<Model> {
-    const { pack, tokenizer } = await openPackAndTokenizer(options.packDir);
+    const opened = await openPackAndTokenizer(options.packDir);
+    const tokenizer = opened.tokenizer;
+    const pack = options.headInput ? headInputView(opened.pack, options) : opened.pack;
     // The pack graph is built here, at start-up before anything listens; a Hugging Face
     // backbone's is built on the first start only (then it is cached).
     const graph = await prepareEngineGraph(pack, {
@@ -346,6 +356,20 @@ export class Model extends ModelFrontend {
   close(): Promise<void> {
     return this.engine.close();
   }
+}
+
+/**
+ * The pack as the heads see it: the same routing and pooling, the embedding not normalised (heads
+ * read `final`, the embedding output is `final / |final|` when pooling.normalize is set).
+ */
+function headInputView(pack: LoadedPack, options: ModelOptions): LoadedPack {
+  if (!pack.pooling.normalize) return pack;
+  if (pack.backbone.kind === 'huggingface' && options.backboneCacheDir === undefined) {
+    throw new Error(
+      'headInput on a pack that normalises its embeddings builds another graph: give it a backboneCacheDir of its own',
+    );
+  }
+  return { ...pack, pooling: { ...pack.pooling, normalize: false } };
 }
 
 /** The pack and its tokenizer, with the checks that need both (token_bag gates cover the ids). */

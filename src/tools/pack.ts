@@ -1,11 +1,15 @@
 /**
- * Command line: make a model pack from a model folder, and add adapter folders to it.
+ * Command line: make a model pack from a model folder, add adapter folders to it, and train task
+ * heads on it from labelled text.
  *
  *   npm run --silent pack -- create --backbone <hf-dir> --out models/<name>
  *        [--name ID] [--max-length N] [--pooling mean|cls|max] [--normalize true|false]
  *        [--quantize none|int8] [--onnx-export [--variant quantized]] [--no-build]
  *   npm run --silent pack -- add-adapter --pack models/<name> --group ID --adapter <dir>
  *        [--id ID] [--slots N] [--rank N] [--no-build]
+ *   npm run --silent pack -- add-head --pack models/<name> --task ID --data DIR
+ *        [--heldout 0.1] [--seed 1] [--epochs 300] [--lr 0.02] [--l2 0.01] [--pin GROUP:ADAPTER]
+ *        [--replace] [--no-build]
  *
  * The pack serves embeddings at once (no adapter groups, no heads): `npm run infer -- --pack
  * models/<name> "text"` or `MODEL_DIR=models/<name> npm start`. For a Hugging Face folder the
@@ -18,6 +22,7 @@ import { addAdapter, createPack } from '../pack/create.js';
 import { BACKBONE_QUANTIZE_MODES, type BackboneQuantize } from '../pack/encoder-types.js';
 import { isPackError } from '../pack/errors.js';
 import { POOLING_MODES, type PoolingMode } from '../pack/types.js';
+import { addHead, parsePin } from './add-head.js';
 
 const USAGE = `usage: npm run --silent pack -- create --backbone DIR --out DIR [options]
   --backbone DIR       a Hugging Face model folder (config.json, model.safetensors or an index,
@@ -41,7 +46,22 @@ usage: npm run --silent pack -- add-adapter --pack DIR --group ID --adapter DIR 
   --id ID              the adapter's id (default: the folder's name)
   --slots N, --rank N  for a new group: adapters held ready at once, and the largest rank a slot
                        holds (room for adapters loaded later at run time)
-  --no-build           do not build the pack graph now`;
+  --no-build           do not build the pack graph now
+
+usage: npm run --silent pack -- add-head --pack DIR --task ID --data DIR [options]
+  --pack DIR           an existing pack
+  --task ID            the new task (head) id
+  --data DIR           one folder per label (its name is the label) of .txt files, one example
+                       per line; at least 2 labels. Each line is embedded by the pack as served
+                       (the pooled state heads read) and a softmax regression is trained on them
+  --heldout SHARE      share of each label's lines kept out to measure the head (default 0.1)
+  --seed N             seed of the held-out split (default 1)
+  --epochs N           full-batch training steps (default 300)
+  --lr X, --l2 X       learning rate (default 0.02) and L2 penalty (default 0.01)
+  --pin GROUP:ADAPTER  the task runs through this adapter (k = 1), in training and when served
+  --replace            train an existing task again (otherwise its id is an error)
+  --no-build           do not build the pack graph now (nor check the head through it)
+  prints a JSON summary (held-out accuracy, and through the rebuilt pack, the served one)`;
 
 async function main(): Promise<number> {
   let parsed: ReturnType<typeof parse>;
@@ -62,8 +82,10 @@ async function main(): Promise<number> {
   };
   if (positionals[0] === 'add-adapter' && positionals.length === 1)
     return addAdapterCommand(values, usage);
+  if (positionals[0] === 'add-head' && positionals.length === 1)
+    return addHeadCommand(values, usage);
   if (positionals[0] !== 'create' || positionals.length !== 1)
-    return usage("the command is 'create' or 'add-adapter'");
+    return usage("the command is 'create', 'add-adapter' or 'add-head'");
   if (values.backbone === undefined || values.out === undefined) {
     return usage('--backbone and --out are required');
   }
@@ -180,6 +202,68 @@ async function addAdapterCommand(
   }
 }
 
+/** `add-head`: train a head on the pack's own features, list it, check it; JSON on stdout. */
+async function addHeadCommand(
+  values: ReturnType<typeof parse>['values'],
+  usage: (message: string) => number,
+): Promise<number> {
+  if (values.pack === undefined || values.task === undefined || values.data === undefined) {
+    return usage('--pack, --task and --data are required');
+  }
+  const number = (flag: 'heldout' | 'seed' | 'epochs' | 'lr' | 'l2', integer: boolean) => {
+    const raw = values[flag];
+    if (raw === undefined) return undefined;
+    const value = Number(raw);
+    if (
+      raw.trim() === '' ||
+      !Number.isFinite(value) ||
+      value < 0 ||
+      (integer && !Number.isSafeInteger(value))
+    ) {
+      throw new Error(
+        `--${flag} must be a non-negative ${integer ? 'integer' : 'number'}, got '${raw}'`,
+      );
+    }
+    return value;
+  };
+  let settings: Record<string, number | undefined>;
+  let pin: ReturnType<typeof parsePin> | undefined;
+  try {
+    settings = {
+      heldout: number('heldout', false),
+      seed: number('seed', true),
+      epochs: number('epochs', true),
+      lr: number('lr', false),
+      l2: number('l2', false),
+    };
+    pin = values.pin === undefined ? undefined : parsePin(values.pin);
+  } catch (error) {
+    return usage((error as Error).message);
+  }
+  const defined = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
+  try {
+    const result = await addHead({
+      pack: values.pack,
+      task: values.task,
+      data: values.data,
+      ...defined,
+      ...(pin === undefined ? {} : { pin }),
+      replace: values.replace === true,
+      build: values.build !== false,
+      log: (line) => process.stderr.write(`${line}\n`),
+    });
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    return 0;
+  } catch (error) {
+    process.stderr.write(
+      isPackError(error)
+        ? `error ${error.code}: ${error.message}\n`
+        : `error: ${error instanceof Error ? error.message : String(error)}\n`,
+    );
+    return 1;
+  }
+}
+
 function parse() {
   return parseArgs({
     allowPositionals: true,
@@ -201,6 +285,15 @@ function parse() {
       id: { type: 'string' },
       slots: { type: 'string' },
       rank: { type: 'string' },
+      task: { type: 'string' },
+      data: { type: 'string' },
+      heldout: { type: 'string' },
+      seed: { type: 'string' },
+      epochs: { type: 'string' },
+      lr: { type: 'string' },
+      l2: { type: 'string' },
+      pin: { type: 'string' },
+      replace: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
