@@ -10,10 +10,6 @@ import { join } from 'node:path';
 import { randomEncoderModel } from '../../src/onnx/random-encoder.js';
 import { writeAdapterFolder } from '../../src/pack/import/moe-serve.js';
 import {
-  ADAPTER_CONFIG_FILE,
-  ADAPTER_FORMAT,
-  ADAPTER_WEIGHTS_FILE,
-  type AdapterConfig,
   FORMAT_VERSION,
   MANIFEST_FILE,
   type Manifest,
