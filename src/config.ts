@@ -90,6 +90,11 @@ export const VARIABLES = {
     parse: int(1, 256),
     doc: 'ORT intra-op threads per worker. Default: cores / workers. Keep workers x threads <= cores, or the thread pools fight.',
   },
+  ENGINE_BATCH_TIMEOUT_MS: {
+    default: 60_000,
+    parse: int(100, 3_600_000),
+    doc: 'Watchdog: a batch still running after this fails its items with 503 ENGINE_TIMEOUT and its engine worker is replaced. Set it well above the slowest batch you expect (a full batch on a cold or loaded machine).',
+  },
   EXECUTION_PROVIDER: {
     default: 'cpu',
     parse: oneOf('cpu', 'cuda', 'webgpu'),
@@ -304,6 +309,7 @@ export function modelOptions(config: Config, packDir: string): ModelOptions {
     engine: {
       workers: config.ENGINE_WORKERS,
       ...(config.ENGINE_THREADS === undefined ? {} : { intraOpThreads: config.ENGINE_THREADS }),
+      batchTimeoutMs: config.ENGINE_BATCH_TIMEOUT_MS,
       executionProvider: config.EXECUTION_PROVIDER,
       deviceId: config.EXECUTION_DEVICE_ID,
       allowProviderFallback: config.PROVIDER_FALLBACK,

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { describe, it } from 'node:test';
-import { loadConfig, VARIABLES } from '../src/config.js';
+import { loadConfig, modelOptions, VARIABLES } from '../src/config.js';
 
 // --- helpers ------------------------------------------------------------------------------------
 
@@ -160,6 +160,25 @@ describe('errors', () => {
     assert.ok(!String(error.stack).includes(SECRET));
     assert.ok(!JSON.stringify(error, Object.getOwnPropertyNames(error)).includes(SECRET));
     assert.equal(loadConfig({ ADMIN_API_KEY: SECRET }).ADMIN_API_KEY, SECRET);
+  });
+});
+
+describe('model options', () => {
+  it('carries the engine settings, the watchdog timeout included, to the engine', () => {
+    const config = loadConfig({
+      ENGINE_WORKERS: '3',
+      ENGINE_THREADS: '2',
+      ENGINE_BATCH_TIMEOUT_MS: '2500',
+    });
+    const engine = modelOptions(config, '/packs/demo').engine!;
+    assert.equal(engine.workers, 3);
+    assert.equal(engine.intraOpThreads, 2);
+    assert.equal(engine.batchTimeoutMs, 2500);
+    assert.equal(
+      modelOptions(loadConfig({}), '/packs/demo').engine!.batchTimeoutMs,
+      VARIABLES.ENGINE_BATCH_TIMEOUT_MS.default,
+    );
+    assert.match(configError({ ENGINE_BATCH_TIMEOUT_MS: '5' }).message, /ENGINE_BATCH_TIMEOUT_MS/);
   });
 });
 
