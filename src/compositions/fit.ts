@@ -16,16 +16,22 @@
  * 1. `before`: the examples under the model's own routing. Its routing gives, per fitted group,
  *    the gate's average weights over the examples (w0): where the search starts, and what it is
  *    pulled back toward.
- * 2. The first candidates are w0 and the corners (single adapters) that the gate chose first for
- *    any example: the fit is never worse on the examples than the gate's favourite adapter.
- * 3. Separable CMA-ES on the product of the groups' simplices (search.ts) minimises
+ * 2. The first candidates are w0, then the corners (single adapters) that the gate chose first
+ *    for some example, then every other corner (one group at one adapter, the others at w0), as
+ *    far as the budget goes: the fit is never worse on the examples than the best single adapter,
+ *    the gate's favourite first among them.
+ * 3. Separable CMA-ES on the product of the groups' simplices (search.ts), in generations whose
+ *    candidates are evaluated concurrently (so that the engine batches them together), ranks
+ *    candidates by accuracy on the examples, then by the penalised loss
  *        mean cross-entropy + regularization * TV(w, w0)
- *    (TV: total variation distance, averaged over the groups), in generations whose candidates
- *    are evaluated concurrently, so that the engine batches them together. LoRAHub minimises
- *    loss + L1 on the weights; on the simplex every point has L1 = 1, so the penalty here is the
- *    distance to what the gate would do, which the examples must pay for.
- * 4. The result is the evaluated candidate with the best accuracy on the examples, ties broken by
- *    that penalised loss (the contract's "accuracy, then loss").
+ *    (TV: total variation distance, averaged over the groups). Accuracy moves in steps of one
+ *    example and is flat between them; the loss orders the points of a plateau, and the penalty
+ *    makes moving away from the gate's own choice cost something. LoRAHub minimises loss + L1 on
+ *    its weights; on the simplex every point has L1 = 1, so the penalty here is the distance to
+ *    what the gate would do instead. Loss alone is not enough: in the test pack
+ *    (test/compositions-fit.test.ts) the adapter that labelled every example right has flat
+ *    probabilities, and mixtures of others have a lower mean cross-entropy with fewer right.
+ * 4. The result is the best candidate by that order (the contract's "accuracy, then loss").
  */
 import { MoeError } from '../errors.js';
 import type { InferRequest } from '../inference/model.js';
@@ -297,6 +303,9 @@ function better(a: Evaluated, b: Evaluated | undefined): boolean {
   return a.objective < b.objective;
 }
 
+/** Rank cost of one example answered wrong: above any mean cross-entropy (floored at 1e-12). */
+const WRONG_EXAMPLE_RANK_COST = 100;
+
 /** Raised inside the objective when the time budget ran out mid-generation. */
 class OutOfTime extends Error {}
 
@@ -432,7 +441,12 @@ export async function fitComposition(
       };
       evaluated.push(entry);
       if (better(entry, best)) best = entry;
-      return entry.objective;
+      // The same order as `better`, as one number for the rank-based search: each example
+      // answered wrong costs more than any loss difference (a mean cross-entropy is below 28
+      // nats, probabilities being floored at 1e-12, and the penalty adds at most
+      // `regularization`).
+      const wrong = Math.round((1 - entry.score.accuracy) * spec.examples.length);
+      return wrong * (WRONG_EXAMPLE_RANK_COST + regularization) + entry.objective;
     });
     report();
     return values;
