@@ -20,7 +20,7 @@ import {
   fitComposition,
 } from '../src/compositions/fit.js';
 import { MoeError } from '../src/errors.js';
-import { Model } from '../src/inference/model.js';
+import { type InferRequest, Model } from '../src/inference/model.js';
 import { EmbeddedInference, type Inference } from '../src/inference/service.js';
 import { Metrics } from '../src/metrics.js';
 import { buildFixturePack, FIXTURE_HEADS, FIXTURE_TEXTS } from './support/fixture-pack.js';
@@ -110,6 +110,28 @@ describe('fitting compositions on a real model', () => {
     );
     const loss = -probabilities.reduce((s, p) => s + Math.log(p), 0) / probabilities.length;
     assert.ok(Math.abs(loss - outcome.after.loss) < 1e-5, `${loss} vs ${outcome.after.loss}`);
+  });
+
+  it("ranks by the penalised loss alone with rank 'loss'", async () => {
+    const texts = examples.map((e) => e.text);
+    const lossUnder = async (request: Partial<InferRequest>) => {
+      const answer = await inference.infer(
+        { inputs: texts, task: TASK, ...request },
+        { deadline: deadline() },
+      );
+      const p = answer.results.map((r, i) => r.outputs[TASK]!.scores[examples[i]!.label]!);
+      return -p.reduce((s, x) => s + Math.log(x), 0) / p.length;
+    };
+    const outcome = await fitComposition(inference, spec(), { rank: 'loss', regularization: 0 });
+    // Every single adapter is among the candidates: the one chosen has no higher loss.
+    assert.ok(outcome.after.loss <= (await lossUnder({ language: target })) + 1e-9);
+    assert.ok(outcome.after.loss < outcome.before.loss);
+    assert.ok(
+      Math.abs(
+        (await lossUnder({ adapters: { language: outcome.weights.language! } })) -
+          outcome.after.loss,
+      ) < 1e-5,
+    );
   });
 
   it('is deterministic given the seed', async () => {

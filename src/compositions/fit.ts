@@ -93,6 +93,8 @@ export interface FitOutcome {
   readonly stoppedBy: 'evaluations' | 'time' | 'converged';
 }
 
+export type FitRank = 'accuracy' | 'loss';
+
 export interface FitRunOptions {
   /** Aborts the search (the outcome so far is discarded; the promise rejects). */
   readonly signal?: AbortSignal;
@@ -105,6 +107,11 @@ export interface FitRunOptions {
    * cross-entropy per unit of total variation distance). Default DEFAULT_FIT_REGULARIZATION.
    */
   readonly regularization?: number;
+  /**
+   * How candidates are ranked: 'accuracy' (default; the contract's "accuracy, then loss") or
+   * 'loss' (the penalised loss alone: smoother, and less swayed by one example more or less).
+   */
+  readonly rank?: FitRank;
   /** Examples per `infer` call (the server's per-request input limit); default 32. */
   readonly inputsPerCall?: number;
   /**
@@ -296,10 +303,15 @@ interface Evaluated {
   readonly objective: number;
 }
 
-/** Better by the contract's order: higher accuracy, then lower penalised loss. */
-function better(a: Evaluated, b: Evaluated | undefined): boolean {
+/**
+ * Better by the ranking chosen (FitRunOptions.rank): 'accuracy' (the contract's order: higher
+ * accuracy, then lower penalised loss) or 'loss' (lower penalised loss only).
+ */
+function better(a: Evaluated, b: Evaluated | undefined, rank: FitRank): boolean {
   if (b === undefined) return true;
-  if (a.score.accuracy !== b.score.accuracy) return a.score.accuracy > b.score.accuracy;
+  if (rank === 'accuracy' && a.score.accuracy !== b.score.accuracy) {
+    return a.score.accuracy > b.score.accuracy;
+  }
   return a.objective < b.objective;
 }
 
@@ -327,6 +339,7 @@ export async function fitComposition(
   const { signal } = options;
   signal?.throwIfAborted();
   const regularization = options.regularization ?? DEFAULT_FIT_REGULARIZATION;
+  const rank = options.rank ?? 'accuracy';
   const inputsPerCall = Math.max(1, options.inputsPerCall ?? 32);
   const callsInFlight = Math.max(1, Math.floor((options.inputsInFlight ?? 256) / inputsPerCall));
   const model = inference.describe();
@@ -440,13 +453,15 @@ export async function fitComposition(
         objective: scores[i]!.loss + regularization * distanceFromStart(point),
       };
       evaluated.push(entry);
-      if (better(entry, best)) best = entry;
+      if (better(entry, best, rank)) best = entry;
       // The same order as `better`, as one number for the rank-based search: each example
       // answered wrong costs more than any loss difference (a mean cross-entropy is below 28
       // nats, probabilities being floored at 1e-12, and the penalty adds at most
       // `regularization`).
       const wrong = Math.round((1 - entry.score.accuracy) * spec.examples.length);
-      return wrong * (WRONG_EXAMPLE_RANK_COST + regularization) + entry.objective;
+      return rank === 'accuracy'
+        ? wrong * (WRONG_EXAMPLE_RANK_COST + regularization) + entry.objective
+        : entry.objective;
     });
     report();
     return values;
