@@ -11,7 +11,9 @@
  *   topp      top-p: per item, the fewest adapters whose gate probabilities reach p (at most k)
  *   fit_cv    weights fitted with fitComposition on labelled held-out sentences of the language,
  *             each scored by a fit that never saw it: the held-out sentences are cut into
- *             --folds folds; each fold is scored under weights fitted on the other folds
+ *             --folds folds; each fold is scored under weights fitted on the other folds;
+ *             candidates ranked by accuracy, then penalised loss (fitComposition's default)
+ *   fit_cv_loss  the same folds, candidates ranked by the penalised loss alone (rank 'loss')
  *   fit_train weights fitted on --train-fit sentences of the language's training split, scored
  *             on all its held-out sentences
  * Every row is scored on the same sentences: all the language's held-out sentences.
@@ -26,17 +28,17 @@
  * mixture with `none` shrinks the language adapters' change to the backbone state).
  *
  *   npm run bench:compositions [-- --tasks theme,article --folds 3 --train-fit 20
- *                                  --evaluations 100 --top-p 0.9 --top-p-k 4 --seed 1
- *                                  --rank accuracy|loss]
+ *                                  --evaluations 60 --top-p 0.9 --top-p-k 4 --seed 1]
  *
  * One JSON line per task and language on stdout, then one summary line per task (means over the
- * nine); the summary as a table on stderr (progress too).
+ * nine, and per row the held-out sentences it answers right where top-1 does not and the other
+ * way round); the summary as a table on stderr (progress too).
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { type FitRank, type FitScore, fitComposition } from '../src/compositions/fit.js';
+import { type FitScore, fitComposition } from '../src/compositions/fit.js';
 import { AUXILIARY_LANGUAGES, DEMO_LANGUAGES, loadDemoCorpus } from '../src/demo/corpus.js';
 import { DEMO_REPORT_FILE } from '../src/demo/ensure.js';
 import { type InferRequest, Model } from '../src/inference/model.js';
@@ -53,11 +55,10 @@ const { values } = parseArgs({
     tasks: { type: 'string', default: 'theme,article' },
     folds: { type: 'string', default: '3' },
     'train-fit': { type: 'string', default: '20' },
-    evaluations: { type: 'string', default: '100' },
+    evaluations: { type: 'string', default: '60' },
     'top-p': { type: 'string', default: '0.9' },
     'top-p-k': { type: 'string', default: '4' },
     seed: { type: 'string', default: '1' },
-    rank: { type: 'string', default: 'accuracy' },
     workers: { type: 'string', default: '1' },
     threads: { type: 'string', default: '2' },
   },
@@ -71,12 +72,10 @@ const TOP_P_K = positiveInt('top-p-k', values['top-p-k']!);
 const SEED = positiveInt('seed', values.seed!);
 if (!(TOP_P > 0 && TOP_P <= 1)) throw new Error('--top-p must be in (0, 1]');
 if (FOLDS < 2) throw new Error('--folds must be at least 2');
-const RANK = values.rank as FitRank;
-if (RANK !== 'accuracy' && RANK !== 'loss') throw new Error('--rank must be accuracy or loss');
 
 const GROUP = 'language';
 const NONE = 'none';
-const ROWS = ['none', 'top1', 'top2', 'topp', 'fit_cv', 'fit_train'] as const;
+const ROWS = ['none', 'top1', 'top2', 'topp', 'fit_cv', 'fit_cv_loss', 'fit_train'] as const;
 type Row = (typeof ROWS)[number];
 
 interface Scored extends FitScore {
@@ -84,6 +83,14 @@ interface Scored extends FitScore {
   readonly meanK: number;
   /** Adapter -> sentences whose largest weight it had. */
   readonly firstChoice: Record<string, number>;
+  /** Weight of the second adapter mixed (0 when one only). */
+  readonly secondWeight: number;
+}
+
+/** Sentences a row answers right where top-1 does not, and the other way round. */
+interface Discordant {
+  better: number;
+  worse: number;
 }
 
 async function main(): Promise<void> {
@@ -130,8 +137,10 @@ async function main(): Promise<void> {
       return answer.results.map((result, i) => {
         const output = result.outputs[task]!;
         const routed = result.routing[GROUP] ?? [];
-        const first = [...routed].sort((a, b) => b.weight - a.weight)[0]?.adapter ?? '?';
+        const byWeight = [...routed].sort((a, b) => b.weight - a.weight);
+        const first = byWeight[0]?.adapter ?? '?';
         return {
+          secondWeight: byWeight[1]?.weight ?? 0,
           loss: -Math.log(Math.max(output.scores[labels[i]!] ?? 0, 1e-12)),
           accuracy: output.label === labels[i] ? 1 : 0,
           meanK: routed.length,
@@ -146,6 +155,10 @@ async function main(): Promise<void> {
           ? model.describe().tasks.find((t) => t.id === 'theme')!.labels[s.theme]!
           : `article_${s.article}`;
       const perLanguage: Record<string, Record<Row, Scored>> = {};
+      const againstTop1 = Object.fromEntries(
+        ROWS.map((r) => [r, { better: 0, worse: 0 }]),
+      ) as Record<Row, Discordant>;
+      let heldoutSentences = 0;
       for (const language of AUXILIARY_LANGUAGES) {
         const lang = corpus.languages.findIndex((l) => l.id === language.id);
         const of = (split: 'train' | 'heldout') =>
@@ -153,6 +166,7 @@ async function main(): Promise<void> {
         const heldout = of('heldout');
         const texts = heldout.map((s) => s.text);
         const labels = heldout.map(labelOf);
+        heldoutSentences += heldout.length;
         const started = performance.now();
         const rows: Partial<Record<Row, Scored[]>> = {};
         rows.none = await score(texts, labels, task, { adapters: { [GROUP]: NONE } });
@@ -160,37 +174,44 @@ async function main(): Promise<void> {
         rows.top2 = await score(texts, labels, task, { topK: 2 });
         rows.topp = await score(texts, labels, task, { topK: TOP_P_K, topP: TOP_P });
 
-        // fit_cv: fold f is scored under weights fitted on the other folds.
+        // fit_cv (ranked by accuracy, then loss: the default) and fit_cv_loss (by loss alone):
+        // fold f is scored under weights fitted on the other folds.
         const rng = new Random((SEED * 7919 + lang) >>> 0);
         const order = rng.shuffle(heldout.map((_, i) => i));
         const foldOf = new Map(order.map((i, rank) => [i, rank % FOLDS]));
-        const cv: Scored[] = new Array(heldout.length);
-        const cvFits: unknown[] = [];
-        for (let fold = 0; fold < FOLDS; fold++) {
-          const fitIdx = heldout.flatMap((_, i) => (foldOf.get(i) !== fold ? [i] : []));
-          const evalIdx = heldout.flatMap((_, i) => (foldOf.get(i) === fold ? [i] : []));
-          const outcome = await fitComposition(
-            inference,
-            {
+        const cvFits: Record<string, unknown[]> = {};
+        for (const [row, rank] of [
+          ['fit_cv', 'accuracy'],
+          ['fit_cv_loss', 'loss'],
+        ] as const) {
+          const cv: Scored[] = new Array(heldout.length);
+          cvFits[row] = [];
+          for (let fold = 0; fold < FOLDS; fold++) {
+            const fitIdx = heldout.flatMap((_, i) => (foldOf.get(i) !== fold ? [i] : []));
+            const evalIdx = heldout.flatMap((_, i) => (foldOf.get(i) === fold ? [i] : []));
+            const outcome = await fitComposition(
+              inference,
+              {
+                task,
+                groups: [GROUP],
+                examples: fitIdx.map((i) => ({ text: texts[i]!, label: labels[i]! })),
+                budget: { evaluations: EVALUATIONS, seconds: 600 },
+              },
+              { seed: SEED + fold, rank },
+            );
+            const scored = await score(
+              evalIdx.map((i) => texts[i]!),
+              evalIdx.map((i) => labels[i]!),
               task,
-              groups: [GROUP],
-              examples: fitIdx.map((i) => ({ text: texts[i]!, label: labels[i]! })),
-              budget: { evaluations: EVALUATIONS, seconds: 600 },
-            },
-            { seed: SEED + fold, rank: RANK },
-          );
-          const scored = await score(
-            evalIdx.map((i) => texts[i]!),
-            evalIdx.map((i) => labels[i]!),
-            task,
-            { adapters: { [GROUP]: outcome.weights[GROUP]! } },
-          );
-          evalIdx.forEach((i, j) => {
-            cv[i] = scored[j]!;
-          });
-          cvFits.push(fitSummary(outcome, fitIdx.length));
+              { adapters: { [GROUP]: outcome.weights[GROUP]! } },
+            );
+            evalIdx.forEach((i, j) => {
+              cv[i] = scored[j]!;
+            });
+            cvFits[row].push(fitSummary(outcome, fitIdx.length));
+          }
+          rows[row] = cv;
         }
-        rows.fit_cv = cv;
 
         // fit_train: TRAIN_FIT training sentences of the language, scored on all held-out ones.
         const train = rng.shuffle(of('train')).slice(0, TRAIN_FIT);
@@ -202,12 +223,19 @@ async function main(): Promise<void> {
             examples: train.map((s) => ({ text: s.text, label: labelOf(s) })),
             budget: { evaluations: EVALUATIONS, seconds: 600 },
           },
-          { seed: SEED, rank: RANK },
+          { seed: SEED },
         );
         rows.fit_train = await score(texts, labels, task, {
           adapters: { [GROUP]: trainOutcome.weights[GROUP]! },
         });
 
+        for (const row of ROWS) {
+          rows[row]!.forEach((s, i) => {
+            const top1 = rows.top1![i]!.accuracy;
+            if (s.accuracy > top1) againstTop1[row].better += 1;
+            if (s.accuracy < top1) againstTop1[row].worse += 1;
+          });
+        }
         const means = Object.fromEntries(ROWS.map((row) => [row, meanOf(rows[row]!)])) as Record<
           Row,
           Scored
@@ -222,7 +250,9 @@ async function main(): Promise<void> {
           loss: Object.fromEntries(ROWS.map((r) => [r, round3(means[r].loss)])),
           mean_k: Object.fromEntries(ROWS.map((r) => [r, round3(means[r].meanK)])),
           top1_first_choice: means.top1.firstChoice,
-          fit_cv: cvFits,
+          top2_second_weight: round3(means.top2.secondWeight),
+          fit_cv: cvFits.fit_cv,
+          fit_cv_loss: cvFits.fit_cv_loss,
           fit_train: fitSummary(trainOutcome, train.length),
           seconds: round3((performance.now() - started) / 1000),
         };
@@ -240,8 +270,13 @@ async function main(): Promise<void> {
         summary: 'mean over the nine languages (each language weighs the same)',
         accuracy: Object.fromEntries(ROWS.map((r) => [r, round3(mean(r, 'accuracy'))])),
         loss: Object.fromEntries(ROWS.map((r) => [r, round3(mean(r, 'loss'))])),
+        heldout_sentences: heldoutSentences,
+        against_top1_sentences: againstTop1,
         fit_cv_not_below_top1: languages.filter(
           (l) => perLanguage[l]!.fit_cv.accuracy >= perLanguage[l]!.top1.accuracy,
+        ).length,
+        fit_cv_loss_not_below_top1: languages.filter(
+          (l) => perLanguage[l]!.fit_cv_loss.accuracy >= perLanguage[l]!.top1.accuracy,
         ).length,
         fit_train_not_below_top1: languages.filter(
           (l) => perLanguage[l]!.fit_train.accuracy >= perLanguage[l]!.top1.accuracy,
@@ -253,7 +288,6 @@ async function main(): Promise<void> {
           top_p: TOP_P,
           top_p_k: TOP_P_K,
           seed: SEED,
-          rank: RANK,
         },
       };
       process.stdout.write(`${JSON.stringify(summary)}\n`);
@@ -278,6 +312,7 @@ function meanOf(scored: readonly Scored[]): Scored {
     loss: scored.reduce((a, s) => a + s.loss, 0) / n,
     accuracy: scored.reduce((a, s) => a + s.accuracy, 0) / n,
     meanK: scored.reduce((a, s) => a + s.meanK, 0) / n,
+    secondWeight: scored.reduce((a, s) => a + s.secondWeight, 0) / n,
     firstChoice,
   };
 }
