@@ -479,6 +479,7 @@ export async function fitComposition(
     });
     stoppedBy = result.stoppedBy === 'stopped' ? 'time' : result.stoppedBy;
   } catch (error) {
+    signal?.throwIfAborted(); // an abort mid-generation rejects with its reason, not the engine's
     if (!(error instanceof OutOfTime)) throw error;
     stoppedBy = 'time';
   }

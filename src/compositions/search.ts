@@ -126,7 +126,10 @@ export async function searchSimplices(
 
   // The start and the caller's initial points first: whatever happens next, the result is at
   // least as good as these.
-  await evaluate([projectPoint(start, sizes), ...initial.map((p) => projectPoint(p, sizes))]);
+  // The start alone first: if the caller stops during the initial points (a time budget), the
+  // start's value is there.
+  await evaluate([projectPoint(start, sizes)]);
+  if (initial.length > 0) await evaluate(initial.map((p) => projectPoint(p, sizes)));
   const n = sizes.reduce((a, b) => a + b, 0);
   // Free dimensions: a simplex of one coordinate has a single point.
   if (sizes.every((s) => s === 1)) return finish('converged');
