@@ -134,6 +134,26 @@ describe('fitting compositions on a real model', () => {
     );
   });
 
+  it('fits two groups at once, each on its own simplex', async () => {
+    const sentiment = examples.map((e, i) => ({
+      text: e.text,
+      label: i % 2 === 0 ? 'positive' : 'negative',
+    }));
+    const outcome = await fitComposition(inference, {
+      task: 'sentiment',
+      groups: ['task', 'language'],
+      examples: sentiment,
+      budget: { evaluations: 30, seconds: 60 },
+    });
+    for (const group of ['task', 'language']) {
+      const weights = Object.values(outcome.weights[group]!);
+      assert.ok(weights.length >= 1 && weights.every((w) => w > 0));
+      assert.ok(Math.abs(weights.reduce((a, b) => a + b, 0) - 1) < 1e-9, group);
+    }
+    assert.ok(outcome.evaluations <= 30);
+    assert.ok(['evaluations', 'converged'].includes(outcome.stoppedBy), outcome.stoppedBy);
+  });
+
   it('is deterministic given the seed', async () => {
     const a = await fitComposition(inference, spec({ evaluations: 40 }), { seed: 9 });
     const b = await fitComposition(inference, spec({ evaluations: 40 }), { seed: 9 });
@@ -209,6 +229,17 @@ describe('fitting compositions on a real model', () => {
       assert.deepEqual(capped.budget, { evaluations: 10, seconds: 5 });
       const named = checkFitSpec(model, { ...valid(), budget: { seconds: 2 } }, LIMITS);
       assert.deepEqual(named.budget, { evaluations: DEFAULT_FIT_BUDGET.evaluations, seconds: 2 });
+      // An ungated group is fine when the task's head does not pin it (sentiment has no pin).
+      const ungated = checkFitSpec(
+        model,
+        {
+          task: 'sentiment',
+          groups: ['task', 'language'],
+          examples: [{ text: 'Good.', label: 'positive' }],
+        },
+        LIMITS,
+      );
+      assert.deepEqual(ungated.groups, ['task', 'language']);
     });
 
     const cases: [string, (fit: ReturnType<typeof valid>) => unknown, string, RegExp][] = [
