@@ -123,8 +123,14 @@ describe('fitting compositions on a real model', () => {
       return -p.reduce((s, x) => s + Math.log(x), 0) / p.length;
     };
     const outcome = await fitComposition(inference, spec(), { rank: 'loss', regularization: 0 });
-    // Every single adapter is among the candidates: the one chosen has no higher loss.
-    assert.ok(outcome.after.loss <= (await lossUnder({ language: target })) + 1e-9);
+    // The adapters the gate chose first for some example are among the first candidates: the
+    // weights chosen have no higher loss than any of them.
+    const gate = await inference.infer({ inputs: texts, task: TASK }, { deadline: deadline() });
+    const favourites = new Set(gate.results.map((r) => r.routing.language![0]!.adapter));
+    assert.ok(favourites.size >= 1);
+    for (const language of favourites) {
+      assert.ok(outcome.after.loss <= (await lossUnder({ language })) + 1e-9, language);
+    }
     assert.ok(outcome.after.loss < outcome.before.loss);
     assert.ok(
       Math.abs(

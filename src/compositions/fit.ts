@@ -16,10 +16,12 @@
  * 1. `before`: the examples under the model's own routing. Its routing gives, per fitted group,
  *    the gate's average weights over the examples (w0): where the search starts, and what it is
  *    pulled back toward.
- * 2. The first candidates are w0, then the corners (single adapters) that the gate chose first
- *    for some example, then every other corner (one group at one adapter, the others at w0), as
- *    far as the budget goes: the fit is never worse on the examples than the best single adapter,
- *    the gate's favourite first among them.
+ * 2. The first candidates are w0 and the corners (single adapters) that the gate chose first for
+ *    some example (one group at one adapter, the other groups at w0): the fit is never worse on
+ *    the examples than the gate's favourite adapters. Other adapters are reached only when the
+ *    search is pulled there; the search stays near what the gate does unless the examples pay
+ *    for moving (every corner first would spend 15 of the demo's ~60 evaluations on adapters of
+ *    unrelated languages, and give the ranking more chances to fit noise in 20 examples).
  * 3. Separable CMA-ES on the product of the groups' simplices (search.ts), in generations whose
  *    candidates are evaluated concurrently (so that the engine batches them together), ranks
  *    candidates by accuracy on the examples, then by the penalised loss
