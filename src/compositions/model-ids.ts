@@ -70,7 +70,7 @@ export async function resolveModelId(
   for (const adapter of rest.split('+')) {
     const group = model.groups.find((g) => g.adapters.includes(adapter));
     if (group === undefined) {
-      why = `No adapter or composition '${adapter}' is served.`;
+      why = `No adapter '${adapter}' is loaded, and no composition is named so.`;
       break;
     }
     if (pins[group.id] !== undefined) {
