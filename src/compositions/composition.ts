@@ -237,6 +237,29 @@ export function adaptersOf(composition: CompositionDefinition): string[] {
   );
 }
 
+/**
+ * The unload guard of DELETE /v1/adapters/{id} and the KServe repository unload: 409
+ * ADAPTER_USED_BY_COMPOSITION naming the compositions whose fixed mixtures use `adapter`, unless
+ * `force`. With force the adapter is unloaded and those compositions are kept (nothing a client
+ * stored is lost): they answer 422 COMPOSITION_BROKEN until the adapter is loaded again or they
+ * are replaced. Returns the compositions affected.
+ */
+export function guardUnload(
+  compositions: readonly StoredComposition[],
+  adapter: string,
+  force: boolean,
+): string[] {
+  const users = compositions.filter((c) => adaptersOf(c).includes(adapter)).map((c) => c.name);
+  if (users.length > 0 && !force) {
+    throw new MoeError(
+      'ADAPTER_USED_BY_COMPOSITION',
+      `Adapter '${adapter}' is used by the composition(s) ${users.join(', ')}: delete or replace them first, or unload with force=true (they are kept and answer 422 COMPOSITION_BROKEN until '${adapter}' is loaded again).`,
+      { adapter, compositions: users },
+    );
+  }
+  return users;
+}
+
 /** What a composition asks of the request's routing, per group (see InferRequest.composition). */
 export interface CompositionRouting {
   readonly weights: Record<string, Readonly<Record<string, number>>>;

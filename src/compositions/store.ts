@@ -67,7 +67,7 @@ export const COMPOSITIONS_FILE = 'compositions.json';
 
 interface CompositionsFile {
   readonly format: typeof COMPOSITIONS_FILE_FORMAT;
-  /** The pack name they were made for (a warning, not a refusal, when it differs). */
+  /** The pack name they were made for (for people reading the file; not checked). */
   readonly model: string;
   readonly compositions: readonly StoredComposition[];
 }

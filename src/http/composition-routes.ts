@@ -169,27 +169,3 @@ function notFound(store: CompositionStore, name: string): MoeError {
     { field: 'name', choices },
   );
 }
-
-/**
- * The unload guard of DELETE /v1/adapters/{id} and the KServe repository unload: 409
- * ADAPTER_USED_BY_COMPOSITION naming the compositions whose fixed mixtures use `adapter`,
- * unless `force`. With force the adapter is unloaded and those compositions are kept: they
- * answer 422 COMPOSITION_BROKEN until the adapter is loaded again or they are replaced
- * (their `missing_adapters` says why). Returns the compositions affected.
- */
-export function guardUnload(store: CompositionStore, adapter: string, force: boolean): string[] {
-  const users = store
-    .list()
-    .filter((c) =>
-      Object.values(c.groups).some((g) => g.kind === 'weights' && adapter in g.weights),
-    )
-    .map((c) => c.name);
-  if (users.length > 0 && !force) {
-    throw new MoeError(
-      'ADAPTER_USED_BY_COMPOSITION',
-      `Adapter '${adapter}' is used by the composition(s) ${users.join(', ')}: delete or replace them first, or unload with force=true (they are kept and answer 422 COMPOSITION_BROKEN until '${adapter}' is loaded again).`,
-      { adapter, compositions: users },
-    );
-  }
-  return users;
-}

@@ -21,6 +21,7 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
+import { guardUnload } from '../compositions/composition.js';
 import {
   namedModelId,
   pinnedModelId,
@@ -32,7 +33,6 @@ import type { CompositionStore } from '../compositions/store.js';
 import { MoeError } from '../errors.js';
 import type { Inference } from '../inference/service.js';
 import { adminGuard, insideRoot } from './admin-auth.js';
-import { guardUnload } from './composition-routes.js';
 import type { JsonBodyParser } from './json-body.js';
 import { HEADER_LENGTH, joinBody } from './kserve-binary.js';
 import { installKServeBodyParsers } from './kserve-body.js';
@@ -360,7 +360,7 @@ export async function kserveRoutes(
         );
       }
       const force = request.query.force === 'true' || request.body?.parameters?.force === true;
-      guardUnload(compositions, id, force);
+      guardUnload(compositions.list(), id, force);
       await inference.unloadAdapter(id);
       return { name, unload: true as const };
     },

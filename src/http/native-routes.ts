@@ -9,6 +9,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import type { AdapterInfo as RegistryAdapter } from '../adapters/registry.js';
+import { guardUnload } from '../compositions/composition.js';
 import {
   type ModelTarget,
   requestComposition,
@@ -19,7 +20,6 @@ import type { CompositionStore } from '../compositions/store.js';
 import type { InferRequest } from '../inference/model.js';
 import type { InferAnswer, Inference } from '../inference/service.js';
 import { adminGuard, insideRoot } from './admin-auth.js';
-import { guardUnload } from './composition-routes.js';
 import { ModelList } from './composition-schemas.js';
 import { modelList } from './model-cards.js';
 import {
@@ -161,7 +161,7 @@ export async function nativeRoutes(
     },
     async (request) => {
       const id = request.params.id;
-      const affected = guardUnload(options.compositions, id, request.query.force === 'true');
+      const affected = guardUnload(options.compositions.list(), id, request.query.force === 'true');
       await inference.unloadAdapter(id);
       return {
         id,
