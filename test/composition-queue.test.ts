@@ -1,9 +1,10 @@
 /**
- * Named compositions in queue mode, with real processes: two API nodes (`main.js`, QUEUE=redis)
- * and one worker (`worker.js`) on a fixture pack, sharing the Redis at REDIS_URL (default
- * 127.0.0.1:6379) under a key prefix of this run, deleted at the end. A composition created on one
- * node is served by the other at once; a replacement on either is seen by both; a restarted node
- * finds them in Redis; fit job states are read through Redis (any node answers).
+ * Named compositions in queue mode, with real processes: a private redis-server (its own port and
+ * folder, so it can be stopped and restarted), two API nodes (`main.js`, QUEUE=redis) and one
+ * worker (`worker.js`) on a fixture pack. A composition created on one node is served by the other
+ * at once; a replacement on either is seen by both; a restarted node finds them in Redis; while
+ * Redis is away the nodes stay up and serve what they hold, and changes fail with 503; fit job
+ * states are read through Redis (any node answers).
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -13,16 +14,16 @@ import { after, before, describe, it } from 'node:test';
 import { buildFixturePack } from './support/fixture-pack.js';
 import {
   clusterEnv,
+  freePort,
   type HttpProc,
-  redisCli,
+  type Proc,
   sleep,
   startApi,
+  startRedis,
   startWorker,
   stop,
 } from './support/processes.js';
 
-const REDIS_URL = new URL(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
-const REDIS_PORT = Number(REDIS_URL.port || 6379);
 const PREFIX = `moe-composition-test-${process.pid}-${Date.now()}`;
 const ADMIN_KEY = 'composition-queue-key';
 const TEXTS = ['Die Mannschaft hat das Spiel gewonnen.', 'The market is open today.'];
@@ -31,6 +32,8 @@ const TEXTS = ['Die Mannschaft hat das Spiel gewonnen.', 'The market is open tod
 type Json = ReturnType<typeof JSON.parse>;
 
 let root: string;
+let redisPort: number;
+let redis: Proc;
 let env: Record<string, string>;
 const procs: HttpProc[] = [];
 let apiA: HttpProc;
@@ -65,9 +68,11 @@ async function until(what: string, check: () => Promise<boolean>, ms = 10_000): 
 before(async () => {
   root = await mkdtemp(join(tmpdir(), 'moe-composition-queue-'));
   const packDir = await buildFixturePack(join(root, 'pack'), { seed: 11 });
+  redisPort = await freePort();
+  redis = await startRedis(redisPort, root);
   env = clusterEnv({
     packDir,
-    redisPort: REDIS_PORT,
+    redisPort,
     prefix: PREFIX,
     extra: { ADMIN_API_KEY: ADMIN_KEY, ADAPTER_ROOT: root },
   });
@@ -85,10 +90,7 @@ before(async () => {
 
 after(async () => {
   await Promise.all(procs.map((proc) => stop(proc)));
-  const keys = (await redisCli(REDIS_PORT, '--scan', '--pattern', `${PREFIX}:*`))
-    .split('\n')
-    .filter(Boolean);
-  for (const key of keys) await redisCli(REDIS_PORT, 'del', key);
+  if (redis !== undefined) await stop(redis);
   await rm(root, { recursive: true, force: true });
 });
 
@@ -193,6 +195,56 @@ describe('named compositions (queue mode, two API nodes)', () => {
     assert.equal(used.status, 200, JSON.stringify(used.json));
     const models = await call(apiB.url, 'GET', '/v1/models');
     assert.ok(models.json.data.some((m: Json) => m.id === 'fixture:durable'));
+  });
+
+  it('while Redis is away the nodes stay up and serve the compositions they hold; changes get 503, and work again once it is back', async () => {
+    await call(apiA.url, 'POST', '/v1/compositions', {
+      name: 'outage',
+      groups: { language: { weights: { en: 1 } } },
+    });
+    await until('node B to know it', async () =>
+      call(apiB.url, 'GET', '/v1/compositions').then((a) =>
+        a.json.data.some((c: Json) => c.name === 'outage'),
+      ),
+    );
+    await stop(redis);
+    await sleep(300);
+    for (const api of [apiA, apiB]) {
+      const listed = await call(api.url, 'GET', '/v1/compositions/outage');
+      assert.equal(listed.status, 200, JSON.stringify(listed.json));
+      const change = await call(api.url, 'POST', '/v1/compositions', {
+        name: 'outage',
+        groups: { language: { weights: { de: 1 } } },
+      });
+      assert.equal(change.status, 503, JSON.stringify(change.json));
+      assert.equal(change.json.error.code, 'QUEUE_UNAVAILABLE');
+      const deleted = await call(api.url, 'DELETE', '/v1/compositions/outage');
+      assert.equal(deleted.status, 503, JSON.stringify(deleted.json));
+    }
+    redis = await startRedis(redisPort, root);
+    await until(
+      'a change to work again',
+      async () => {
+        const change = await call(apiB.url, 'POST', '/v1/compositions', {
+          name: 'outage',
+          groups: { language: { weights: { de: 1 } } },
+        });
+        return change.status === 200;
+      },
+      15_000,
+    );
+    await until(
+      'node A to serve version 2',
+      async () => {
+        const used = await call(apiA.url, 'POST', '/v1/infer', {
+          inputs: TEXTS,
+          composition: 'outage',
+        });
+        return used.status === 200 && used.json.composition.version === 2;
+      },
+      15_000,
+    );
+    for (const api of [apiA, apiB]) assert.ok(api.alive(), `an API node exited:\n${api.output()}`);
   });
 
   it('answers fit job ids through Redis on any node (404 for an unknown one)', async () => {

@@ -173,30 +173,35 @@ export class RedisCompositionStore implements CompositionStore {
       });
       return this.queuedRefresh;
     }
-    this.refreshing = (async () => {
+    const run = async () => {
+      if (this.closed || !isUp(this.redis)) return;
+      const generation = this.changes;
+      let hash: Record<string, string>;
       try {
-        if (this.closed || !isUp(this.redis)) return;
-        const generation = this.changes;
-        const hash = await this.redis.hgetall(this.options.keys.compositions);
-        if (generation !== this.changes) {
-          void this.refresh(); // queued behind this one
-          return;
-        }
-        const next = new Map<string, StoredComposition>();
-        for (const [name, json] of Object.entries(hash)) {
-          try {
-            next.set(name, JSON.parse(json) as StoredComposition);
-          } catch {
-            this.options.log('error', 'a stored composition is not valid JSON; skipped', { name });
-          }
-        }
-        this.snapshot = next;
+        hash = await this.redis.hgetall(this.options.keys.compositions);
       } catch {
-        // Redis went away: the snapshot keeps serving; the next (re)connect refreshes.
-      } finally {
-        this.refreshing = undefined;
+        return; // Redis went away: the snapshot keeps serving; the next (re)connect refreshes
       }
-    })();
+      if (generation !== this.changes) {
+        void this.refresh(); // queued behind this one
+        return;
+      }
+      const next = new Map<string, StoredComposition>();
+      for (const [name, json] of Object.entries(hash)) {
+        try {
+          next.set(name, JSON.parse(json) as StoredComposition);
+        } catch {
+          this.options.log('error', 'a stored composition is not valid JSON; skipped', { name });
+        }
+      }
+      this.snapshot = next;
+    };
+    // Cleared in a callback, never inside `run`: a run that ends without awaiting would clear it
+    // before it is set, and every later refresh would queue behind a promise that never clears.
+    const refreshing: Promise<void> = run().finally(() => {
+      if (this.refreshing === refreshing) this.refreshing = undefined;
+    });
+    this.refreshing = refreshing;
     return this.refreshing;
   }
 
