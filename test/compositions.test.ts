@@ -22,6 +22,7 @@ import {
   writeAdapterFolder,
 } from './support/fixture-pack.js';
 import { buildTestService, maxAbsDiff, type TestService } from './support/listening-app.js';
+import { startApi, stop } from './support/processes.js';
 
 const ADMIN_KEY = 'compositions-test-key-0123456789';
 const TEXTS = [
@@ -589,6 +590,49 @@ describe('named compositions survive a restart (embedded)', () => {
       assert.equal(models.status, 200);
     } finally {
       await second.close();
+    }
+  });
+
+  it('the server process (main.js) keeps them beside the pack by default and finds them after SIGTERM and a new start', async () => {
+    const env = {
+      QUEUE: 'embedded',
+      MODEL_DIR: packDir,
+      ENGINE_WORKERS: '1',
+      ENGINE_THREADS: '1',
+      HOST: '127.0.0.1',
+      LOG_LEVEL: 'warn',
+      ADMIN_API_KEY: ADMIN_KEY,
+      ADAPTER_ROOT: adapterRoot,
+    };
+    const first = await startApi(env);
+    try {
+      const created = await call(first.url, 'POST', '/v1/compositions', {
+        name: 'process-kept',
+        groups: { language: { gate: { top_p: 0.7, k_max: 3 } } },
+      });
+      assert.equal(created.status, 201, JSON.stringify(created.json));
+    } finally {
+      assert.equal(await stop(first), 0, first.output());
+    }
+    const file = JSON.parse(await readFile(join(packDir, '.state', 'compositions.json'), 'utf8'));
+    assert.deepEqual(
+      file.compositions.map((c: Json) => c.name),
+      ['process-kept'],
+    );
+    const second = await startApi(env);
+    try {
+      const shown = await call(second.url, 'GET', '/v1/compositions/process-kept');
+      assert.equal(shown.status, 200, JSON.stringify(shown.json));
+      assert.deepEqual(shown.json.groups, { language: { gate: { top_p: 0.7, k_max: 3 } } });
+      const used = await call(second.url, 'POST', '/v1/infer', {
+        inputs: TEXTS,
+        composition: 'process-kept',
+      });
+      assert.equal(used.status, 200, JSON.stringify(used.json));
+      assert.deepEqual(used.json.composition, { name: 'process-kept', version: 1 });
+    } finally {
+      assert.equal(await stop(second), 0, second.output());
+      await rm(join(packDir, '.state'), { recursive: true, force: true });
     }
   });
 

@@ -197,17 +197,14 @@ export async function nativeRequest(
 }
 
 /** `?force=true` of the unload routes. */
-export const ForceQuery = Type.Object(
-  {
-    force: Type.Optional(
-      Type.Union([Type.Literal('true'), Type.Literal('false')], {
-        description:
-          'true: unload even while named compositions use the adapter (they are kept and answer 422 COMPOSITION_BROKEN until it is loaded again).',
-      }),
-    ),
-  },
-  { additionalProperties: false },
-);
+export const ForceQuery = Type.Object({
+  force: Type.Optional(
+    Type.Union([Type.Literal('true'), Type.Literal('false')], {
+      description:
+        'true: unload even while named compositions use the adapter (they are kept and answer 422 COMPOSITION_BROKEN until it is loaded again).',
+    }),
+  ),
+});
 
 /** The wire form of an answer (also the `result` of a finished job at GET /v1/jobs/{id}). */
 export function inferResponseBody(
