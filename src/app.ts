@@ -11,7 +11,12 @@
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import type { FitLimits } from './compositions/fit.js';
+import { FitJobs, MemoryFitJobStates } from './compositions/fit-jobs.js';
+import { type CompositionStore, MemoryCompositionStore } from './compositions/store.js';
+import { VARIABLES } from './config.js';
 import { MoeError } from './errors.js';
+import { compositionRoutes } from './http/composition-routes.js';
 import { handleError } from './http/error-handler.js';
 import { jobRoutes } from './http/job-routes.js';
 import { installJsonBodyParser, jsonBodyParser } from './http/json-body.js';
@@ -37,7 +42,26 @@ export interface AppOptions {
   readonly requestLog?: 'all' | 'errors' | 'off';
   /** Version shown in the OpenAPI document. */
   readonly version?: string;
+  /**
+   * Named compositions, started by the caller (main.ts: a file beside the pack, or Redis).
+   * Default: in memory, lost on exit.
+   */
+  readonly compositions?: CompositionStore;
+  /**
+   * Composition fit jobs; the app closes them (aborting running fits) when it closes. Default:
+   * states in memory, FIT_MAX_RUNNING's default bound.
+   */
+  readonly fits?: FitJobs;
+  /** FIT_MAX_EXAMPLES, FIT_MAX_EVALUATIONS, FIT_MAX_SECONDS; default: their defaults. */
+  readonly fitLimits?: FitLimits;
 }
+
+/** The fit limits when the caller gives none (config.ts documents them). */
+export const DEFAULT_FIT_LIMITS: FitLimits = {
+  maxExamples: VARIABLES.FIT_MAX_EXAMPLES.default,
+  maxEvaluations: VARIABLES.FIT_MAX_EVALUATIONS.default,
+  maxSeconds: VARIABLES.FIT_MAX_SECONDS.default,
+};
 
 export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
@@ -121,8 +145,14 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
         },
         { name: 'operations', description: 'Health and metrics.' },
         {
+          name: 'compositions',
+          description:
+            "Named compositions: stored routing recipes (fixed weights or gates with top-k / top-p per group), used as the model id '<model>:<name>'; fitted on labelled examples as a job. Changes need the admin key.",
+        },
+        {
           name: 'jobs',
-          description: 'Durable jobs: queue now, read the result later (queue mode, QUEUE=redis).',
+          description:
+            'Durable inference jobs (queue mode, QUEUE=redis) and composition fit jobs (both modes): read the result later.',
         },
         {
           name: 'openai',
@@ -139,25 +169,53 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   await app.register(swaggerUi, { routePrefix: '/docs' });
   installInferencePipeline(app, { inference: options.inference, limits: options.limits });
 
+  const compositions = options.compositions ?? new MemoryCompositionStore();
+  const fits =
+    options.fits ??
+    new FitJobs({
+      inference: options.inference,
+      store: compositions,
+      states: new MemoryFitJobStates(VARIABLES.JOB_RESULT_TTL_SECONDS.default * 1000),
+      maxRunning: VARIABLES.FIT_MAX_RUNNING.default,
+    });
+  // Running fits end (as cancelled) before the caller closes the inference service under them.
+  app.addHook('onClose', () => fits.close());
+
   const createdAt = Math.floor(Date.now() / 1000);
   await app.register(nativeRoutes, {
     inference: options.inference,
+    compositions,
     adminApiKey: options.adminApiKey,
     adapterRoot: options.adapterRoot,
     createdAt,
   });
   await app.register(openaiRoutes, {
     inference: options.inference,
+    compositions,
     createdAt,
   });
   await app.register(kserveRoutes, {
     inference: options.inference,
+    compositions,
     parseJson,
     adminApiKey: options.adminApiKey,
     adapterRoot: options.adapterRoot,
     version: options.version ?? '0.1.0',
   });
-  await app.register(jobRoutes, { jobs: options.jobs, limits: options.limits });
+  await app.register(compositionRoutes, {
+    inference: options.inference,
+    store: compositions,
+    fits,
+    fitLimits: options.fitLimits ?? DEFAULT_FIT_LIMITS,
+    adminApiKey: options.adminApiKey,
+  });
+  await app.register(jobRoutes, {
+    jobs: options.jobs,
+    fits,
+    inference: options.inference,
+    compositions,
+    limits: options.limits,
+  });
   await app.register(opsRoutes, { inference: options.inference, metrics: options.metrics });
   return app;
 }

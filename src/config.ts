@@ -175,6 +175,31 @@ export const VARIABLES = {
     parse: int(100, 600_000),
     doc: 'Queue mode: longest wait of an adapter load/unload for another one in progress, and for every live worker to apply it (a worker that fails it rolls it back). Workers still silent after it catch up later. Longer: the admin answer waits out slow workers; shorter: it returns sooner.',
   },
+  STATE_DIR: {
+    default: undefined,
+    parse: text,
+    doc: 'Embedded mode: the folder where named compositions are kept (compositions.json, written atomically), so they survive a restart. Unset: inside the pack, <pack>/.state. Set it when the pack is on read-only storage. Queue mode keeps them in Redis instead.',
+  },
+  FIT_MAX_EXAMPLES: {
+    default: 256,
+    parse: int(1, 100_000),
+    doc: 'Most labelled examples one composition fit takes (422 beyond). Every evaluation runs all of them through the model, so this times FIT_MAX_EVALUATIONS bounds the work of a fit.',
+  },
+  FIT_MAX_EVALUATIONS: {
+    default: 500,
+    parse: int(1, 1_000_000),
+    doc: 'Most candidate weightings one fit may evaluate (its budget.evaluations is capped here). More: a better search on many adapters; each costs one pass over the examples.',
+  },
+  FIT_MAX_SECONDS: {
+    default: 300,
+    parse: int(1, 86_400),
+    doc: 'Longest a fit may run (its budget.seconds is capped here); it stops with the best weights found so far.',
+  },
+  FIT_MAX_RUNNING: {
+    default: 1,
+    parse: int(1, 64),
+    doc: "Fits running at once on one API node; one more answers 429 FIT_BUSY with retry-after. A fit's forward passes share the engine (or the queue workers) with live traffic, so keep it small.",
+  },
   QUEUE: {
     default: 'embedded',
     parse: oneOf('embedded', 'redis'),

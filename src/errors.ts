@@ -73,6 +73,46 @@ export const ERROR_CATALOGUE = {
     status: 503,
     summary: 'No slot can take the adapter right now (all hold adapters in use); retry shortly.',
   },
+  ADAPTER_USED_BY_COMPOSITION: {
+    status: 409,
+    summary:
+      'Named compositions use the adapter; delete or replace them first, or unload with force=true.',
+  },
+  // Named compositions (src/compositions/)
+  COMPOSITION_INVALID: {
+    status: 422,
+    summary: 'A composition field is invalid (weights, groups, k, top-p); the field is named.',
+  },
+  COMPOSITION_UNKNOWN_ADAPTER: {
+    status: 422,
+    summary: 'A composition names an adapter that is not loaded in that group.',
+  },
+  COMPOSITION_NAME_TAKEN: {
+    status: 409,
+    summary: 'The composition name is the model id or a loaded adapter id.',
+  },
+  COMPOSITION_NOT_FOUND: { status: 404, summary: 'No composition with this name.' },
+  COMPOSITION_BROKEN: {
+    status: 422,
+    summary:
+      'The composition names an adapter that was unloaded since (force); load it again or replace the composition.',
+  },
+  COMPOSITION_STORE_FAILED: {
+    status: 500,
+    summary: 'The composition could not be stored; nothing changed.',
+  },
+  FIT_INVALID: {
+    status: 422,
+    summary: 'A field of the fit request is invalid; the field is named.',
+  },
+  FIT_BUSY: {
+    status: 429,
+    summary: 'This node runs as many composition fits as it may (FIT_MAX_RUNNING); retry later.',
+  },
+  FIT_CANCELLED: {
+    status: 503,
+    summary: 'The fit was cancelled because the server shut down; start it again.',
+  },
   // Admission and deadlines
   OVERLOADED: { status: 429, summary: 'Too much work is queued; retry after the delay given.' },
   REQUEST_TIMEOUT: { status: 504, summary: 'The request was not answered before its deadline.' },

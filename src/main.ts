@@ -3,14 +3,19 @@
  * graceful shutdown on SIGTERM/SIGINT (stop accepting, answer what is in flight, stop the engine
  * workers by message, exit 0).
  */
+import { join } from 'node:path';
 import { buildApp } from './app.js';
+import { type FitJobStates, FitJobs, MemoryFitJobStates } from './compositions/fit-jobs.js';
+import { type CompositionStore, FileCompositionStore } from './compositions/store.js';
 import { type Config, loadConfig, modelOptions } from './config.js';
 import { fallbackWarning } from './engine/engine.js';
 import { Model, ModelFrontend } from './inference/model.js';
 import { EmbeddedInference, type Inference, type JobQueue } from './inference/service.js';
 import { Metrics } from './metrics.js';
 import { DEFAULT_PACK_DIR, ensurePack } from './tools/default-pack.js';
-import { queueSettings } from './transport/contract.js';
+import { RedisCompositionStore } from './transport/composition-store-redis.js';
+import { queueKeys, queueSettings } from './transport/contract.js';
+import { RedisFitJobStates } from './transport/fit-job-state-redis.js';
 import { QueueInference } from './transport/queue-client.js';
 import { jsonLogger } from './util/log.js';
 
@@ -22,13 +27,27 @@ async function main(): Promise<void> {
     log,
   );
   const metrics = new Metrics();
-  const { model, inference, jobs } =
+  const { model, inference, jobs, compositions, fitStates } =
     config.QUEUE === 'redis'
       ? await openQueueMode(config, packDir, metrics)
       : await openEmbedded(config, packDir, metrics);
+  await compositions.start();
+  const fits = new FitJobs({
+    inference,
+    store: compositions,
+    states: fitStates,
+    maxRunning: config.FIT_MAX_RUNNING,
+  });
   const app = await buildApp({
     inference,
     jobs,
+    compositions,
+    fits,
+    fitLimits: {
+      maxExamples: config.FIT_MAX_EXAMPLES,
+      maxEvaluations: config.FIT_MAX_EVALUATIONS,
+      maxSeconds: config.FIT_MAX_SECONDS,
+    },
     metrics,
     logger: { level: config.LOG_LEVEL },
     requestLog: config.REQUEST_LOG,
@@ -76,9 +95,11 @@ async function main(): Promise<void> {
       // request would hold the close open until they time out: close them as they go idle.
       const sweep = setInterval(() => app.server.closeIdleConnections(), 100);
       sweep.unref();
-      await app.close();
+      await app.close(); // running composition fits end here (cancelled)
       clearInterval(sweep);
       await inference.close(); // embedded: drains the batcher, stops engine workers; queue: closes Redis links
+      await compositions.close();
+      await fitStates.close();
       app.log.info('stopped');
       process.exit(0);
     })();
@@ -108,6 +129,9 @@ interface Served {
   readonly model: ModelFrontend;
   readonly inference: Inference;
   readonly jobs: JobQueue | undefined;
+  /** Named compositions: a file beside the pack (embedded) or Redis (queue); not started yet. */
+  readonly compositions: CompositionStore;
+  readonly fitStates: FitJobStates;
 }
 
 /** Embedded mode: pack, tokenizer, batcher and engine in this process. */
@@ -119,7 +143,14 @@ async function openEmbedded(config: Config, packDir: string, metrics: Metrics): 
     maxQueueDelayMs: config.MAX_QUEUE_DELAY_MS,
     maxQueuedItems: config.MAX_QUEUED_ITEMS,
   });
-  return { model, inference, jobs: undefined };
+  const stateDir = config.STATE_DIR ?? join(packDir, '.state');
+  return {
+    model,
+    inference,
+    jobs: undefined,
+    compositions: FileCompositionStore.inFolder(stateDir, model.name),
+    fitStates: new MemoryFitJobStates(config.JOB_RESULT_TTL_SECONDS * 1000),
+  };
 }
 
 /** Queue mode: tokenize here (no engine), run on workers (`npm run worker`) over Redis. */
@@ -135,7 +166,19 @@ async function openQueueMode(config: Config, packDir: string, metrics: Metrics):
     log: jsonLogger(config.LOG_LEVEL),
   });
   await inference.start(); // the adapter registry as Redis has it (when Redis is reachable)
-  return { model, inference, jobs: inference };
+  const settings = queueSettings(config);
+  const keys = queueKeys(settings);
+  return {
+    model,
+    inference,
+    jobs: inference,
+    compositions: new RedisCompositionStore({
+      redisUrl: settings.redisUrl,
+      keys,
+      log: jsonLogger(config.LOG_LEVEL),
+    }),
+    fitStates: new RedisFitJobStates(settings.redisUrl, keys, config.JOB_RESULT_TTL_SECONDS),
+  };
 }
 
 main().catch((error: unknown) => {

@@ -111,7 +111,8 @@ export class Metrics {
     name: 'moe_routed_experts',
     help: 'Adapters mixed for an item in a group (k after top-p, pins and explicit weights).',
     labelNames: ['group'] as const,
-    buckets: [1, 2, 3, 4, 6, 8, 16],
+    // One bucket per k up to 8, so the distribution of k (top-p's point) reads exactly.
+    buckets: [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 32],
     registers: [this.registry],
   });
 

@@ -1,24 +1,32 @@
 /**
- * Durable jobs: POST /v1/jobs takes the body of /v1/infer and answers 202 with a job id at once;
- * GET /v1/jobs/{id} tells where the job is and, once done, its result (or the error a synchronous
- * request would have got). Results stay readable for JOB_RESULT_TTL_SECONDS, from any API node.
+ * Jobs. Durable inference jobs: POST /v1/jobs takes the body of /v1/infer and answers 202 with a
+ * job id at once; GET /v1/jobs/{id} tells where the job is and, once done, its result (or the
+ * error a synchronous request would have got). Results stay readable for JOB_RESULT_TTL_SECONDS,
+ * from any API node. Queue mode only: the jobs live in Redis; without a `JobQueue` (embedded
+ * mode) they answer 501 QUEUE_MODE_REQUIRED.
  *
- * Queue mode only: the jobs live in Redis. Without a `JobQueue` (embedded mode) both routes
- * answer 501 QUEUE_MODE_REQUIRED.
+ * Composition fit jobs (POST /v1/compositions with `fit`, ids 'fit-...') are read here too, in
+ * both modes (compositions/fit-jobs.ts).
  */
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
+import { FIT_JOB_PREFIX, type FitJobs } from '../compositions/fit-jobs.js';
+import type { CompositionStore } from '../compositions/store.js';
 import { MoeError } from '../errors.js';
-import type { JobQueue, JobStatus } from '../inference/service.js';
-import { inferResponseBody } from './native-routes.js';
+import type { Inference, JobQueue, JobStatus } from '../inference/service.js';
+import { fitJobJson } from './composition-json.js';
+import { FitJobBody } from './composition-schemas.js';
+import { inferResponseBody, nativeRequest } from './native-routes.js';
 import { checkLimits, type RouteLimits } from './pipeline.js';
 import { ErrorBody, InferBody, InferResponse } from './schemas.js';
-import { nativeInputs, toInferRequest } from './wire.js';
 
 export interface JobRouteOptions {
   /** Undefined in embedded mode. */
   readonly jobs: JobQueue | undefined;
+  readonly fits: FitJobs;
+  readonly inference: Inference;
+  readonly compositions: CompositionStore;
   readonly limits: RouteLimits;
 }
 
@@ -92,7 +100,7 @@ export async function jobRoutes(app: FastifyInstance, options: JobRouteOptions):
       const body = request.body;
       // A durable job has no client waiting on the connection and its own deadline
       // (JOB_TIMEOUT_MS), so of the request pipeline only the limits apply.
-      const inferRequest = toInferRequest(nativeInputs(body.inputs), body);
+      const { inferRequest } = await nativeRequest(options.inference, options.compositions, body);
       checkLimits(inferRequest, options.limits);
       const job = await queue.submit(inferRequest, { returnFields: body.return ?? [] });
       reply.code(202).header('location', `/v1/jobs/${encodeURIComponent(job.id)}`);
@@ -104,13 +112,18 @@ export async function jobRoutes(app: FastifyInstance, options: JobRouteOptions):
     '/v1/jobs/:id',
     {
       schema: {
-        summary: "A job's state, and its result or error once finished.",
+        summary:
+          "A job's state, and its result or error once finished: a durable inference job, or a composition fit ('fit-...', both modes).",
         tags: ['jobs'],
         params: JobIdParams,
-        response: { 200: JobBody, ...errors },
+        response: { 200: Type.Union([JobBody, FitJobBody]), ...errors },
       },
     },
-    async (request) => jobJson(await jobs().status(request.params.id)),
+    async (request) => {
+      const id = request.params.id;
+      if (id.startsWith(FIT_JOB_PREFIX)) return fitJobJson(await options.fits.status(id));
+      return jobJson(await jobs().status(id));
+    },
   );
 }
 

@@ -4,10 +4,13 @@
  * extension), and the model repository extension mapped onto adapter load and unload.
  * https://github.com/kserve/open-inference-protocol/blob/main/specification/protocol/inference_rest.md
  *
- * Model names are the ids of compositions.ts: `<model>` (learned routing) and
+ * Model names are the ids of compositions/model-ids.ts: `<model>` (learned routing),
+ * `<model>:<name>` (a named composition; the answer's parameters name it and its version) and
  * `<model>:<adapter>[+<adapter>...]` (those adapters pinned). The repository index lists the base
- * model and one `<model>:<adapter>` per adapter; loading `<model>:<id>` with
- * `{"parameters": {"path": "<folder inside ADAPTER_ROOT>"}}` loads that adapter as `<id>`.
+ * model, the named compositions and one `<model>:<adapter>` per adapter; loading `<model>:<id>`
+ * with `{"parameters": {"path": "<folder inside ADAPTER_ROOT>"}}` loads that adapter as `<id>`;
+ * unloading it is refused while named compositions use it, unless `{"parameters": {"force": true}}`
+ * or `?force=true`.
  *
  * This file is the routes only: the schemas are in kserve-schemas.ts, the body parsers (binary
  * extension, no content-type) in kserve-body.ts, and the tensors and parameters in
@@ -18,10 +21,18 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
+import { guardUnload } from '../compositions/composition.js';
+import {
+  namedModelId,
+  pinnedModelId,
+  requestComposition,
+  resolveModelId,
+  servedBy,
+} from '../compositions/model-ids.js';
+import type { CompositionStore } from '../compositions/store.js';
 import { MoeError } from '../errors.js';
 import type { Inference } from '../inference/service.js';
 import { adminGuard, insideRoot } from './admin-auth.js';
-import { compositionId, resolveComposition } from './compositions.js';
 import type { JsonBodyParser } from './json-body.js';
 import { HEADER_LENGTH, joinBody } from './kserve-binary.js';
 import { installKServeBodyParsers } from './kserve-body.js';
@@ -46,10 +57,12 @@ import {
   RepositoryLoadBody,
   RepositoryUnloadBody,
 } from './kserve-schemas.js';
+import { ForceQuery } from './native-routes.js';
 import { toInferRequest } from './wire.js';
 
 export interface KServeRouteOptions {
   readonly inference: Inference;
+  readonly compositions: CompositionStore;
   /** The app's JSON parser (large bodies off the HTTP thread), for the JSON header of a body. */
   readonly parseJson: JsonBodyParser;
   readonly adminApiKey: string | undefined;
@@ -68,7 +81,7 @@ export async function kserveRoutes(
   options: KServeRouteOptions,
 ): Promise<void> {
   const api = app.withTypeProvider<TypeBoxTypeProvider>();
-  const { inference } = options;
+  const { inference, compositions } = options;
   const admin = adminGuard(options.adminApiKey);
   const tails = installKServeBodyParsers(app, options.parseJson);
 
@@ -137,8 +150,8 @@ export async function kserveRoutes(
     },
     async (request) => {
       const model = inference.describe();
-      const composition = resolveComposition(model, request.params.name, 'name');
-      return modelMetadata(model, composition.id);
+      const target = await resolveModelId(model, compositions, request.params.name, 'name');
+      return modelMetadata(model, target.id);
     },
   );
 
@@ -158,10 +171,11 @@ export async function kserveRoutes(
       },
     },
     async (request, reply) => {
-      const composition = resolveComposition(inference.describe(), request.params.name, 'name');
+      const model = inference.describe();
+      const target = await resolveModelId(model, compositions, request.params.name, 'name');
       const ready = inference.readiness().ready;
       if (!ready) reply.code(503).header('retry-after', '1');
-      return { name: composition.id, ready };
+      return { name: target.id, ready };
     },
   );
 
@@ -202,21 +216,26 @@ export async function kserveRoutes(
     async (request, reply) => {
       const body = request.body;
       const model = inference.describe();
-      const composition = resolveComposition(model, request.params.name, 'name');
+      const target = await resolveModelId(model, compositions, request.params.name, 'name');
       const texts = readTexts(body.inputs, tails.get(request));
       const wishes = readParameters(body.parameters ?? {});
-      const answer = await request.infer(toInferRequest({ texts }, wishes.routing, composition), {
-        timeoutMs: wishes.timeoutMs,
-      });
+      const answer = await request.infer(
+        toInferRequest({ texts }, wishes.routing, requestComposition(target, model)),
+        { timeoutMs: wishes.timeoutMs },
+      );
+      const served = servedBy(target);
       const { outputs, blobs } = encodeOutputs(
         outputTensors(model, answer),
         body.outputs,
         wishes.binaryOutput,
       );
       const header = {
-        model_name: composition.id,
+        model_name: target.id,
         model_version: model.version,
         ...(body.id === undefined ? {} : { id: body.id }),
+        ...(served === undefined
+          ? {}
+          : { parameters: { composition: served.name, composition_version: served.version } }),
         outputs,
       };
       if (blobs.length === 0) return header;
@@ -233,7 +252,8 @@ export async function kserveRoutes(
     {
       config: KSERVE_ROUTE,
       schema: {
-        summary: 'The base model and one `<model>:<adapter>` per adapter, with its state.',
+        summary:
+          'The base model, the named compositions `<model>:<name>`, and one `<model>:<adapter>` per adapter, with its state.',
         tags: ['kserve'],
         body: RepositoryIndexBody,
         response: { 200: Type.Array(RepositoryEntry), ...errors },
@@ -243,8 +263,13 @@ export async function kserveRoutes(
       const model = inference.describe();
       const entries: RepositoryEntry[] = [
         { name: model.id, version: model.version, state: 'READY' },
+        ...compositions.list().map((c) => ({
+          name: namedModelId(model.id, c.name),
+          version: String(c.version),
+          state: 'READY' as const,
+        })),
         ...inference.adapters().map((adapter) => ({
-          name: compositionId(model.id, [adapter.id]),
+          name: pinnedModelId(model.id, [adapter.id]),
           state: REPOSITORY_STATE[adapter.state],
           ...(adapter.error === undefined ? {} : { reason: adapter.error }),
         })),
@@ -310,10 +335,12 @@ export async function kserveRoutes(
       config: KSERVE_ROUTE,
       onRequest: admin,
       schema: {
-        summary: "Unload the adapter of '<model>:<id>'. Admin.",
+        summary:
+          "Unload the adapter of '<model>:<id>'; refused (409) while named compositions use it, unless force (query force=true or parameters.force). Admin.",
         tags: ['kserve'],
         security: [{ bearerAuth: [] }],
         params: NameParams,
+        querystring: ForceQuery,
         body: RepositoryUnloadBody,
         response: {
           200: Type.Object({ name: Type.String(), unload: Type.Literal(true) }),
@@ -332,6 +359,8 @@ export async function kserveRoutes(
           { field: 'name' },
         );
       }
+      const force = request.query.force === 'true' || request.body?.parameters?.force === true;
+      guardUnload(compositions.list(), id, force);
       await inference.unloadAdapter(id);
       return { name, unload: true as const };
     },

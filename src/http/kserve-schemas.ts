@@ -93,6 +93,12 @@ export const KServeInferResponse = Type.Object({
   model_name: Type.String(),
   model_version: Type.String(),
   id: Type.Optional(Type.String()),
+  parameters: Type.Optional(
+    Type.Object(
+      { composition: Type.String(), composition_version: Type.Integer() },
+      { description: 'Set when a named composition routed the request: its name and version.' },
+    ),
+  ),
   outputs: Type.Array(KServeOutput),
 });
 
@@ -141,6 +147,12 @@ export const RepositoryUnloadBody = Type.Object(
         {
           unload_dependents: Type.Optional(
             Type.Boolean({ description: 'Accepted; adapters have no dependents.' }),
+          ),
+          force: Type.Optional(
+            Type.Boolean({
+              description:
+                'true: unload even while named compositions use the adapter (kept, they answer COMPOSITION_BROKEN until it is loaded again).',
+            }),
           ),
         },
         { additionalProperties: false },

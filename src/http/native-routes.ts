@@ -9,9 +9,19 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import type { AdapterInfo as RegistryAdapter } from '../adapters/registry.js';
+import { guardUnload } from '../compositions/composition.js';
+import {
+  type ModelTarget,
+  requestComposition,
+  resolveCompositionName,
+  servedBy,
+} from '../compositions/model-ids.js';
+import type { CompositionStore } from '../compositions/store.js';
+import type { InferRequest } from '../inference/model.js';
 import type { InferAnswer, Inference } from '../inference/service.js';
 import { adminGuard, insideRoot } from './admin-auth.js';
-import { modelList } from './compositions.js';
+import { ModelList } from './composition-schemas.js';
+import { modelList } from './model-cards.js';
 import {
   AdapterIdParams,
   AdapterInfo,
@@ -20,12 +30,12 @@ import {
   InferBody,
   InferResponse,
   LoadAdapterBody,
-  ModelList,
 } from './schemas.js';
 import { nativeInputs, toInferRequest } from './wire.js';
 
 export interface NativeRouteOptions {
   readonly inference: Inference;
+  readonly compositions: CompositionStore;
   readonly adminApiKey: string | undefined;
   readonly adapterRoot: string;
   /** Unix seconds when the model was loaded (the OpenAI-style `created`). */
@@ -68,8 +78,9 @@ export async function nativeRoutes(
     },
     async (request) => {
       const body = request.body;
-      const answer = await request.infer(toInferRequest(nativeInputs(body.inputs), body));
-      return inferResponseBody(answer, body.return ?? []);
+      const { inferRequest, target } = await nativeRequest(inference, options.compositions, body);
+      const answer = await request.infer(inferRequest);
+      return inferResponseBody(answer, body.return ?? [], servedBy(target));
     },
   );
 
@@ -78,12 +89,12 @@ export async function nativeRoutes(
     {
       schema: {
         summary:
-          "The model served (groups, adapters, tasks), then its compositions '<model>:<adapter>' (OpenAI list form).",
+          "The model served (groups, adapters, tasks), then its named compositions '<model>:<name>', then '<model>:<adapter>' per adapter (OpenAI list form).",
         tags: ['models'],
         response: { 200: ModelList },
       },
     },
-    async () => modelList(inference.describe(), options.createdAt),
+    async () => modelList(inference.describe(), options.compositions, options.createdAt),
   );
 
   api.get(
@@ -127,27 +138,79 @@ export async function nativeRoutes(
     {
       onRequest: admin,
       schema: {
-        summary: 'Unload an adapter (or clear a failed load). Admin.',
+        summary:
+          'Unload an adapter (or clear a failed load). 409 while named compositions use it, unless force=true. Admin.',
         tags: ['adapters'],
         security: [{ bearerAuth: [] }],
         params: AdapterIdParams,
+        querystring: ForceQuery,
         response: {
-          200: Type.Object({ id: Type.String(), deleted: Type.Literal(true) }),
+          200: Type.Object({
+            id: Type.String(),
+            deleted: Type.Literal(true),
+            broken_compositions: Type.Optional(
+              Type.Array(Type.String(), {
+                description:
+                  'With force: the compositions that used the adapter; kept, they answer 422 COMPOSITION_BROKEN until it is loaded again.',
+              }),
+            ),
+          }),
           ...errors,
         },
       },
     },
     async (request) => {
-      await inference.unloadAdapter(request.params.id);
-      return { id: request.params.id, deleted: true as const };
+      const id = request.params.id;
+      const affected = guardUnload(options.compositions.list(), id, request.query.force === 'true');
+      await inference.unloadAdapter(id);
+      return {
+        id,
+        deleted: true as const,
+        ...(affected.length === 0 ? {} : { broken_compositions: affected }),
+      };
     },
   );
 }
+
+/**
+ * The native body as an InferRequest, with its `composition` resolved against the store (also
+ * for POST /v1/jobs); `target` says which composition it is, for the answer.
+ */
+export async function nativeRequest(
+  inference: Inference,
+  store: CompositionStore,
+  body: InferBody,
+): Promise<{ inferRequest: InferRequest; target: ModelTarget | undefined }> {
+  if (body.composition === undefined) {
+    return { inferRequest: toInferRequest(nativeInputs(body.inputs), body), target: undefined };
+  }
+  const model = inference.describe();
+  const target = await resolveCompositionName(model, store, body.composition);
+  return {
+    inferRequest: toInferRequest(
+      nativeInputs(body.inputs),
+      body,
+      requestComposition(target, model),
+    ),
+    target,
+  };
+}
+
+/** `?force=true` of the unload routes. */
+export const ForceQuery = Type.Object({
+  force: Type.Optional(
+    Type.Union([Type.Literal('true'), Type.Literal('false')], {
+      description:
+        'true: unload even while named compositions use the adapter (they are kept and answer 422 COMPOSITION_BROKEN until it is loaded again).',
+    }),
+  ),
+});
 
 /** The wire form of an answer (also the `result` of a finished job at GET /v1/jobs/{id}). */
 export function inferResponseBody(
   answer: InferAnswer,
   returnFields: readonly ('embedding' | 'scores')[],
+  composition?: { readonly name: string; readonly version: number },
 ): InferResponse {
   const wants = new Set(returnFields);
   return {
@@ -169,6 +232,7 @@ export function inferResponseBody(
       truncated: result.truncated,
     })),
     usage: { input_tokens: answer.inputTokens },
+    ...(composition === undefined ? {} : { composition: { ...composition } }),
   };
 }
 

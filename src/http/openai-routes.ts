@@ -3,9 +3,10 @@
  * packages, LangChain, LlamaIndex): POST /v1/embeddings and GET /v1/models/{id}. GET /v1/models
  * is the native listing, already in OpenAI's list form.
  *
- * - Routing from an OpenAI client: a `model` id that names a composition (`<model>:<adapter>`,
- *   see compositions.ts), and/or the extra body field `routing` (what /v1/infer takes); the
- *   official clients pass unknown body fields through.
+ * - Routing from an OpenAI client: a `model` id that names a named composition
+ *   (`<model>:<name>`) or pins adapters (`<model>:<adapter>`, see compositions/model-ids.ts),
+ *   and/or the extra body field `routing` (what /v1/infer takes); the official clients pass
+ *   unknown body fields through. A named composition is shown in the answer's `composition`.
  * - Embeddings are the native ones (pooled, L2-normalised); `dimensions` keeps the first n values
  *   and renormalises them (Matryoshka-style truncation, as OpenAI's text-embedding-3 models do).
  * - `encoding_format: "base64"` (what openai-node asks for by default) is little-endian float32.
@@ -15,15 +16,19 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { type Static, Type } from 'typebox';
+import { requestComposition, resolveModelId, servedBy } from '../compositions/model-ids.js';
+import type { CompositionStore } from '../compositions/store.js';
 import { MoeError } from '../errors.js';
 import type { Inference } from '../inference/service.js';
-import { compositionCard, modelCard, resolveComposition } from './compositions.js';
+import { AnyModelCard } from './composition-schemas.js';
 import { encodeFloat32 } from './kserve-binary.js';
-import { CompositionCard, ModelCard, RoutingFields } from './schemas.js';
+import { cardOf } from './model-cards.js';
+import { RoutingFields, ServedBy } from './schemas.js';
 import { toInferRequest } from './wire.js';
 
 export interface OpenAIRouteOptions {
   readonly inference: Inference;
+  readonly compositions: CompositionStore;
   /** Unix seconds when the model was loaded (the `created` of the model cards). */
   readonly createdAt: number;
 }
@@ -83,7 +88,7 @@ export const EmbeddingsBody = Type.Object(
     ),
     model: Type.String({
       description:
-        "A model id from GET /v1/models: '<model>' (learned routing) or '<model>:<adapter>[+<adapter>...]' (those adapters pinned).",
+        "A model id from GET /v1/models: '<model>' (learned routing), '<model>:<name>' (a named composition) or '<model>:<adapter>[+<adapter>...]' (those adapters pinned).",
     }),
     encoding_format: Type.Optional(
       Type.Union([Type.Literal('float'), Type.Literal('base64')], {
@@ -118,6 +123,7 @@ export const EmbeddingsResponse = Type.Object({
   ),
   model: Type.String({ description: 'The model id as requested.' }),
   usage: Type.Object({ prompt_tokens: Type.Integer(), total_tokens: Type.Integer() }),
+  composition: Type.Optional(ServedBy),
 });
 
 export async function openaiRoutes(
@@ -141,7 +147,9 @@ export async function openaiRoutes(
     async (request) => {
       const body = request.body;
       const model = inference.describe();
-      const composition = resolveComposition(model, body.model);
+      const target = await resolveModelId(model, options.compositions, body.model);
+      const composition = requestComposition(target, model);
+      const served = servedBy(target);
       const inputs = typeof body.input === 'string' ? [body.input] : body.input;
       const tokenized = inputs.some((x) => typeof x !== 'string');
       const tokenIds = !tokenized
@@ -176,6 +184,7 @@ export async function openaiRoutes(
         }),
         model: body.model,
         usage: { prompt_tokens: answer.inputTokens, total_tokens: answer.inputTokens },
+        ...(served === undefined ? {} : { composition: served }),
       };
     },
   );
@@ -185,18 +194,17 @@ export async function openaiRoutes(
     {
       config: OPENAI_ROUTE,
       schema: {
-        summary: 'One model id: the base model card, or a composition and the adapters it pins.',
+        summary:
+          'One model id: the base model card, a named composition, or the adapters an id pins.',
         tags: ['models', 'openai'],
         params: Type.Object({ id: Type.String() }),
-        response: { 200: Type.Union([ModelCard, CompositionCard]), 404: OpenAIErrorBody },
+        response: { 200: AnyModelCard, 404: OpenAIErrorBody },
       },
     },
     async (request) => {
       const model = inference.describe();
-      const composition = resolveComposition(model, request.params.id, 'id');
-      return composition.id === model.id
-        ? modelCard(model, options.createdAt)
-        : compositionCard(model, composition, options.createdAt);
+      const target = await resolveModelId(model, options.compositions, request.params.id, 'id');
+      return cardOf(model, target, options.createdAt);
     },
   );
 }

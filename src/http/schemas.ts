@@ -93,6 +93,13 @@ export const InferBody = Type.Object(
       },
     ),
     ...RoutingFields,
+    composition: Type.Optional(
+      Type.String({
+        pattern: ID_PATTERN,
+        description:
+          "A named composition (GET /v1/compositions) to route with, as the model id '<model>:<name>' does. The request's other routing fields still apply; fixing a group the composition fixes differently is ROUTING_CONFLICT, and top_k / top_p override its gate settings.",
+      }),
+    ),
     return: Type.Optional(
       Type.Array(Type.Union([Type.Literal('embedding'), Type.Literal('scores')]), {
         description:
@@ -117,6 +124,12 @@ const TaskOutput = Type.Object({
   ),
 });
 
+/** The named composition (and its version) that routed a request. */
+export const ServedBy = Type.Object(
+  { name: Type.String(), version: Type.Integer() },
+  { description: 'The named composition that routed this request, and its version.' },
+);
+
 export const InferResponse = Type.Object({
   model: Type.String(),
   results: Type.Array(
@@ -131,6 +144,7 @@ export const InferResponse = Type.Object({
     }),
   ),
   usage: Type.Object({ input_tokens: Type.Integer() }),
+  composition: Type.Optional(ServedBy),
 });
 export type InferResponse = Static<typeof InferResponse>;
 
@@ -209,24 +223,6 @@ export const ModelCard = Type.Object({
       pin: Type.Optional(Type.Object({ group: Type.String(), adapter: Type.String() })),
     }),
   ),
-});
-
-/** A model id that pins adapters (`<model>:<adapter>[+<adapter>...]`); see http/compositions.ts. */
-export const CompositionCard = Type.Object({
-  id: Type.String({ description: "'<model>:<adapter>[+<adapter>...]': these adapters pinned." }),
-  object: Type.Literal('model'),
-  created: Type.Integer({ description: 'Unix seconds when this server loaded the model.' }),
-  owned_by: Type.String(),
-  parent: Type.String({ description: 'The base model id.' }),
-  adapters: Dict(Type.String(), { description: 'group id -> adapter this id pins.' }),
-});
-
-export const ModelList = Type.Object({
-  object: Type.Literal('list'),
-  data: Type.Array(Type.Union([ModelCard, CompositionCard]), {
-    description:
-      'The base model (learned routing) first, then one composition per loaded adapter. Use an id as the OpenAI `model` or the KServe model name.',
-  }),
 });
 
 export const Liveness = Type.Object({ status: Type.Literal('ok') });

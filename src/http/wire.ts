@@ -6,8 +6,7 @@
  * the request the model prepares (and that checks nothing: validation is the model's).
  */
 import type { Static } from 'typebox';
-import type { InferRequest } from '../inference/model.js';
-import type { Composition } from './compositions.js';
+import type { InferRequest, RequestComposition } from '../inference/model.js';
 import type { RoutingObject } from './schemas.js';
 
 /** The routing fields as the wire spells them (snake_case), shared by every family. */
@@ -30,7 +29,7 @@ export function nativeInputs(
 export function toInferRequest(
   inputs: WireInputs,
   routing: WireRouting,
-  composition?: Composition,
+  composition?: RequestComposition,
 ): InferRequest {
   return {
     ...('texts' in inputs ? { inputs: inputs.texts } : { inputs: [], tokenIds: inputs.tokenIds }),
@@ -40,8 +39,6 @@ export function toInferRequest(
     ...(routing.exclude === undefined ? {} : { exclude: routing.exclude }),
     ...(routing.top_k === undefined ? {} : { topK: routing.top_k }),
     ...(routing.top_p === undefined ? {} : { topP: routing.top_p }),
-    ...(composition === undefined || Object.keys(composition.pins).length === 0
-      ? {}
-      : { composition }),
+    ...(composition === undefined ? {} : { composition }),
   };
 }

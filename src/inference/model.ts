@@ -62,10 +62,30 @@ export interface InferRequest {
   /** Top-p in every gated group that is not pinned; default: each group's default_top_p. */
   readonly topP?: number;
   /**
-   * Pins that come with the model id the client named (`<model>:<adapter>[+...]`, see
-   * http/compositions.ts), kept apart from `adapters` so that a conflict names the model id.
+   * What the model id the client named (`<model>:<adapter>[+...]`, `<model>:<composition>`) or
+   * the `composition` field fixes, resolved on the API node (compositions/model-ids.ts); kept
+   * apart from `adapters` so that a conflict names it.
    */
-  readonly composition?: { readonly id: string; readonly pins: Readonly<Record<string, string>> };
+  readonly composition?: RequestComposition;
+}
+
+/**
+ * Routing a request takes from its model id or named composition. Fixed groups (pins, weights)
+ * conflict with other fields that fix the same group differently (ROUTING_CONFLICT); the gate
+ * settings (k, topP) apply to gated groups nothing else fixes, and the request's own top_k /
+ * top_p override them.
+ */
+export interface RequestComposition {
+  /** How the client named it (`demo:de`, `demo:iberian`, or the composition name). */
+  readonly id: string;
+  /** group id -> adapter pinned. */
+  readonly pins?: Readonly<Record<string, string>>;
+  /** group id -> adapter id -> weight (>= 0, summing to 1). */
+  readonly weights?: Readonly<Record<string, Readonly<Record<string, number>>>>;
+  /** group id -> most adapters to mix. */
+  readonly k?: Readonly<Record<string, number>>;
+  /** group id -> top-p in (0, 1]. */
+  readonly topP?: Readonly<Record<string, number>>;
 }
 
 export interface InferResult {
@@ -144,10 +164,15 @@ export class ModelFrontend {
     const { pins, weights, task } = this.choicesOf(request);
     const k: Record<string, number> = {};
     const topP: Record<string, number> = {};
+    const preset = request.composition;
     for (const group of this.view.groups) {
       if (!group.gated || pins[group.id] !== undefined || weights[group.id] !== undefined) continue;
-      if (request.topK !== undefined) k[group.id] = request.topK;
-      if (request.topP !== undefined) topP[group.id] = request.topP;
+      const presetK = preset?.k?.[group.id];
+      const presetTopP = preset?.topP?.[group.id];
+      const groupK = request.topK ?? presetK;
+      const groupTopP = request.topP ?? presetTopP;
+      if (groupK !== undefined) k[group.id] = groupK;
+      if (groupTopP !== undefined) topP[group.id] = groupTopP;
     }
     const routing: ItemRouting = {
       pins,
@@ -204,7 +229,18 @@ export class ModelFrontend {
     task?: string;
   } {
     const chosen: Record<string, { adapter: string; field: string; says: string }> = {};
+    const weights: Record<string, Readonly<Record<string, number>>> = {};
+    /** Where each group's weights came from: a later field fixing the group conflicts. */
+    const mixedBy: Record<string, { field: string; says: string }> = {};
     const pin = (group: string, adapter: string, field: string, says: string) => {
+      const mixed = mixedBy[group];
+      if (mixed !== undefined) {
+        throw new MoeError(
+          'ROUTING_CONFLICT',
+          `Conflicting routing in group '${group}': ${mixed.says}, but ${says}; drop one of the two.`,
+          { field, group, conflict: [mixed.field, field] },
+        );
+      }
       const earlier = chosen[group];
       if (earlier === undefined) {
         chosen[group] = { adapter, field, says };
@@ -219,6 +255,10 @@ export class ModelFrontend {
     const composition = request.composition;
     for (const [group, adapter] of Object.entries(composition?.pins ?? {})) {
       pin(group, adapter, 'model', `model '${composition!.id}' pins ${group}=${adapter}`);
+    }
+    for (const [group, mixture] of Object.entries(composition?.weights ?? {})) {
+      weights[group] = mixture;
+      mixedBy[group] = { field: 'model', says: `'${composition!.id}' fixes a mixture` };
     }
     let task: string | undefined;
     if (request.task !== undefined) {
@@ -247,13 +287,12 @@ export class ModelFrontend {
       }
       pin('language', request.language, 'language', `language asks for ${request.language}`);
     }
-    const weights: Record<string, Readonly<Record<string, number>>> = {};
     for (const [group, choice] of Object.entries(request.adapters ?? {})) {
       if (typeof choice === 'string') {
         pin(group, choice, `adapters.${group}`, `adapters.${group} asks for ${choice}`);
         continue;
       }
-      const earlier = chosen[group];
+      const earlier = chosen[group] ?? mixedBy[group];
       if (earlier !== undefined) {
         throw new MoeError(
           'ROUTING_CONFLICT',

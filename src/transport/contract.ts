@@ -33,6 +33,11 @@
  *   P:Q:registry:lock           string: the adapter change in progress (one at a time, cluster-wide).
  *   P:Q:registry:workers        set: worker names; P:Q:registry:worker:<name> string: that worker's
  *                               registry status (JSON), expiring when the worker stops renewing it.
+ *   P:Q:compositions            hash: composition name -> StoredComposition JSON (named compositions,
+ *                               composition-store-redis.ts); P:Q:compositions:changed pub/sub: the
+ *                               name of a composition that was stored or deleted.
+ *   P:Q:fit:<id>                string: a composition fit job's state (JSON), expiring
+ *                               JOB_RESULT_TTL_SECONDS after its last write (fit-job-state-redis.ts).
  * Deadlines travel as remaining time (`budgetMs`) plus the moment of queueing on Redis's own clock
  * (`queuedAt`, see RedisClock): no host compares its clock with another host's.
  */
@@ -273,6 +278,9 @@ export function queueKeys(settings: Pick<QueueSettings, 'prefix' | 'name'>) {
     registryLock: `${base}:registry:lock`,
     registryWorkers: `${base}:registry:workers`,
     registryWorker: (worker: string) => `${base}:registry:worker:${worker}`,
+    compositions: `${base}:compositions`,
+    compositionsChanged: `${base}:compositions:changed`,
+    fitJob: (id: string) => `${base}:fit:${id}`,
   };
 }
 export type QueueKeys = ReturnType<typeof queueKeys>;

@@ -37,6 +37,9 @@ export interface TestServiceOptions {
   readonly logger?: AppOptions['logger'];
   readonly requestLog?: AppOptions['requestLog'];
   readonly allowFaultInjection?: boolean;
+  /** Named compositions (default: the app's in-memory store). */
+  readonly compositions?: AppOptions['compositions'];
+  readonly fitLimits?: AppOptions['fitLimits'];
 }
 
 /** One engine worker with one thread, default batching, small request limits. */
@@ -70,6 +73,8 @@ export async function buildTestService(options: TestServiceOptions): Promise<Tes
     },
     adminApiKey: options.adminApiKey,
     adapterRoot: options.adapterRoot,
+    ...(options.compositions === undefined ? {} : { compositions: options.compositions }),
+    ...(options.fitLimits === undefined ? {} : { fitLimits: options.fitLimits }),
     ...(options.logger === undefined ? {} : { logger: options.logger }),
     ...(options.requestLog === undefined ? {} : { requestLog: options.requestLog }),
   });
