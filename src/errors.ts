@@ -50,12 +50,6 @@ export const ERROR_CATALOGUE = {
     summary: 'Explicit adapter weights are negative or do not sum to 1.',
   },
   ROUTING_INVALID_TOP_P: { status: 422, summary: 'top-p is outside (0, 1].' },
-  // Fitting compositions
-  FIT_INVALID: {
-    status: 422,
-    summary:
-      'The fit request is invalid (unknown task, group or label, too many examples, a budget over the limits).',
-  },
   // Adapter registry
   ADAPTER_NOT_FOUND: { status: 404, summary: 'No adapter with this id is registered.' },
   ADAPTER_INVALID: { status: 422, summary: 'The adapter folder is not a valid adapter.' },
@@ -103,7 +97,8 @@ export const ERROR_CATALOGUE = {
   },
   FIT_INVALID: {
     status: 422,
-    summary: 'A field of the fit request is invalid; the field is named.',
+    summary:
+      'A field of the fit request is invalid (unknown task, group or label, too many examples, a budget over the limits); the field is named.',
   },
   FIT_BUSY: {
     status: 429,
