@@ -10,7 +10,7 @@
  */
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyServerOptions, LogController } from 'fastify';
 import type { FitLimits } from './compositions/fit.js';
 import { FitJobs, MemoryFitJobStates } from './compositions/fit-jobs.js';
 import { type CompositionStore, MemoryCompositionStore } from './compositions/store.js';
@@ -67,7 +67,9 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
     logger: options.logger ?? false,
     // 'errors' and 'off' replace fastify's two lines per request (onResponse below).
-    disableRequestLogging: (options.requestLog ?? 'all') !== 'all',
+    logController: new LogController({
+      disableRequestLogging: (options.requestLog ?? 'all') !== 'all',
+    }),
     bodyLimit: options.limits.bodyLimitBytes,
     // Strict bodies: unknown fields are errors (not silently dropped), types are not coerced.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
