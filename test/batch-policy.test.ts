@@ -59,6 +59,13 @@ describe('fillBatch', () => {
     assert.deepEqual(fillBatch(pending, limits), [0, 2, 3, 5]);
   });
 
+  it('takes interactive items before background ones, however close their lengths', () => {
+    const bg = (tokens: number) => ({ tokens, enqueuedAt: 0, background: true });
+    // The anchor (10) is interactive; the background 10s are closer in length than 40 and 50.
+    const pending = [item(10), item(40), bg(10), bg(10), item(50)];
+    assert.deepEqual(fillBatch(pending, { ...limits, maxBatchTokens: 1000 }), [0, 1, 2, 4]);
+  });
+
   it('counts padded tokens as items x longest item', () => {
     // 10 and 30: 2 x 30 = 60 fits; adding 31 would make 3 x 31 = 93 fit; a 4th at 31 is 124.
     const pending = [item(10), item(30), item(31), item(31)];

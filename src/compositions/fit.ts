@@ -517,8 +517,9 @@ class CallLimiter {
 }
 
 /**
- * `infer`, retried while the service sheds load (OVERLOADED, 429) until the deadline: a fit is a
- * background job and should yield to interactive traffic, not fail because of it.
+ * `infer` as background work (InferOptions.background: batched behind interactive items, within
+ * part of the admission bound), retried while the service sheds load (OVERLOADED, 429) until the
+ * deadline: a fit yields to interactive traffic, and does not fail because of it.
  */
 async function inferRetryingOverload(
   inference: Pick<Inference, 'infer'>,
@@ -527,7 +528,7 @@ async function inferRetryingOverload(
 ): Promise<InferAnswer> {
   for (let delayMs = 20; ; delayMs = Math.min(delayMs * 2, 1000)) {
     try {
-      return await inference.infer(request, options);
+      return await inference.infer(request, { ...options, background: true });
     } catch (error) {
       const overloaded = error instanceof MoeError && error.code === 'OVERLOADED';
       if (!overloaded || performance.now() + delayMs >= options.deadline) throw error;

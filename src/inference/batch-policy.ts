@@ -30,6 +30,12 @@ export interface PendingView {
   readonly tokens: number;
   /** When it was queued (ms, same clock as `now`). */
   readonly enqueuedAt: number;
+  /**
+   * Background item: taken only where interactive items leave room. The queue keeps every
+   * interactive item ahead of every background one (Batcher), so the oldest item, the batch's
+   * anchor, is interactive whenever one waits.
+   */
+  readonly background?: boolean;
 }
 
 export type BatchDecision =
@@ -62,7 +68,10 @@ export function decideBatch(
   return { kind: 'wait', ms: limits.maxQueueDelayMs - waited };
 }
 
-/** The oldest item plus the closest-length items that fit the limits; sorted indexes. */
+/**
+ * The oldest item plus the closest-length items that fit the limits, interactive items before
+ * background ones; sorted indexes.
+ */
 export function fillBatch(pending: readonly PendingView[], limits: BatchLimits): number[] {
   const anchor = pending[0]!.tokens;
   const byCloseness = pending
@@ -70,9 +79,10 @@ export function fillBatch(pending: readonly PendingView[], limits: BatchLimits):
       index,
       tokens: item.tokens,
       distance: Math.abs(item.tokens - anchor),
+      background: item.background === true ? 1 : 0,
     }))
     .slice(1)
-    .sort((a, b) => a.distance - b.distance || a.index - b.index);
+    .sort((a, b) => a.background - b.background || a.distance - b.distance || a.index - b.index);
   const taken = [0];
   let longest = anchor;
   for (const candidate of byCloseness) {

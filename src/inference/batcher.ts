@@ -4,6 +4,9 @@
  *
  * - `submit` admits a request's items (all or none: 429 OVERLOADED past `maxQueuedItems`) and
  *   resolves with one result per item, in order, or rejects with the first item's error.
+ * - Background requests (composition fits) queue behind every interactive item, fill batches only
+ *   where interactive items leave room, and are admitted only while the items in progress stay
+ *   within BACKGROUND_ADMISSION_SHARE of `maxQueuedItems`: live traffic keeps the rest.
  * - Only the scheduling loop (`schedule`) takes items off the queue; `decideBatch` (pure) says
  *   what and when.
  * - An item whose request was aborted (client gone) or whose deadline passed is dropped before it
@@ -14,6 +17,9 @@ import type { EngineItemResult } from '../engine/decode.js';
 import type { BatchOutcome, EngineItem } from '../engine/engine.js';
 import { MoeError } from '../errors.js';
 import { type BatchLimits, decideBatch } from './batch-policy.js';
+
+/** Share of the admission bound that background requests may fill (the rest is kept for live ones). */
+export const BACKGROUND_ADMISSION_SHARE = 0.5;
 
 /** What the batcher needs from the engine. */
 export interface BatchRunner {
@@ -54,12 +60,15 @@ export interface SubmitOptions {
   readonly deadline: number;
   /** Aborted when the client goes away. */
   readonly signal?: AbortSignal;
+  /** Background work: see the module comment. Default false. */
+  readonly background?: boolean;
 }
 
 interface Entry {
   readonly item: EngineItem;
   readonly tokens: number;
   readonly enqueuedAt: number;
+  readonly background: boolean;
   readonly request: RequestState;
   readonly index: number;
 }
@@ -103,11 +112,15 @@ export class Batcher {
         new MoeError('DRAINING', 'The server is shutting down; retry on another instance.'),
       );
     }
-    if (this.admitted + items.length > this.options.maxQueuedItems) {
+    const background = options.background === true;
+    const limit = background
+      ? Math.floor(this.options.maxQueuedItems * BACKGROUND_ADMISSION_SHARE)
+      : this.options.maxQueuedItems;
+    if (this.admitted + items.length > limit) {
       return Promise.reject(
         new MoeError(
           'OVERLOADED',
-          `The server has ${this.admitted} items in progress (limit ${this.options.maxQueuedItems}); retry after a second.`,
+          `The server has ${this.admitted} items in progress (limit ${limit}${background ? ' for background work' : ''}); retry after a second.`,
           { retryAfterSeconds: 1 },
         ),
       );
@@ -136,9 +149,19 @@ export class Batcher {
         once: true,
       });
       this.admitted += items.length;
-      items.forEach((item, index) => {
-        this.pending.push({ item, tokens: item.ids.length, enqueuedAt: now, request, index });
-      });
+      const entries = items.map((item, index) => ({
+        item,
+        tokens: item.ids.length,
+        enqueuedAt: now,
+        background,
+        request,
+        index,
+      }));
+      // Interactive entries go ahead of the first background one: every interactive item stays
+      // ahead of every background item, each kind in arrival order.
+      const at = background ? -1 : this.pending.findIndex((entry) => entry.background);
+      if (at < 0) this.pending.push(...entries);
+      else this.pending.splice(at, 0, ...entries);
       this.schedule();
     });
   }

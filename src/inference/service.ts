@@ -24,6 +24,12 @@ export interface InferOptions {
   readonly deadline: number;
   /** Aborted when the client goes away: its queued items are dropped. */
   readonly signal?: AbortSignal;
+  /**
+   * Background work (composition fits): its items join batches only where interactive items leave
+   * room, and it is admitted into part of the admission bound only (Batcher), so a fit never makes
+   * live requests wait behind it or get 429. Default false.
+   */
+  readonly background?: boolean;
 }
 
 /** Where a request's time went, in milliseconds (the slowest item's for queue and stages). */

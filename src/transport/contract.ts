@@ -83,6 +83,11 @@ export interface JobData {
   readonly replyTo: string | null;
   /** Extra fields the client asked for; kept for GET /v1/jobs/{id}, unused by workers. */
   readonly returnFields: readonly ReturnField[];
+  /**
+   * Background work (InferOptions.background): the worker's batcher puts it behind interactive
+   * items. Absent (older API nodes) means false. Jobs wait in Redis in arrival order either way.
+   */
+  readonly background?: boolean;
 }
 
 /** One input's answer: `EngineItemResult` in JSON. */

@@ -221,7 +221,10 @@ export class QueueInference implements Inference, JobQueue {
     const id = randomUUID();
     const answer = this.await(id, items, options);
     const budgetMs = Math.max(0, options.deadline - performance.now());
-    const data = this.jobData(items, budgetMs, registryVersion, this.node, []);
+    const data = {
+      ...this.jobData(items, budgetMs, registryVersion, this.node, []),
+      ...(options.background === true ? { background: true } : {}),
+    };
     this.add(JOB_NAMES.request, data, id).then(
       () => {
         const entry = this.pending.get(id);

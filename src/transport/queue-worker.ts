@@ -456,7 +456,10 @@ export class QueueWorker {
       truncated: item.truncated,
       tasks: data.tasks ?? undefined,
     }));
-    const answer = await this.service.inferPrepared(items, { deadline });
+    const answer = await this.service.inferPrepared(items, {
+      deadline,
+      background: data.background === true,
+    });
     return {
       v: CONTRACT_VERSION,
       results: answer.results.map((result) => ({
