@@ -217,6 +217,21 @@ describe('in-layer adapters (PEFT LoRA and AdapterHub bottleneck) against the re
       withRegistry(),
     );
     await model.registry.unload('d');
+    assert.deepEqual(c.notes, [], 'a plain PEFT folder leaves nothing out');
+  });
+
+  it("says so when a run-time load leaves the folder's classifier head out", async () => {
+    const withHead = join(packDir, 'runtime-with-head');
+    await writePeftLoraFolder(withHead, { backbone, seed: 33, r: 2, head: { numLabels: 3 } });
+    const tasks = model.describe().tasks.length;
+    const loaded = await model.registry.load(withHead, { id: 'h', group: 'task' });
+    assert.equal(loaded.state, 'ready');
+    assert.equal(loaded.notes.length, 1);
+    assert.match(loaded.notes[0]!, /classifier head .*3 labels.* is not served/);
+    assert.match(loaded.notes[0]!, /npm run pack -- add-adapter .*--group task/);
+    assert.deepEqual(model.registry.get('h')!.notes, loaded.notes, 'listed with the adapter');
+    assert.equal(model.describe().tasks.length, tasks, 'no task was added');
+    await model.registry.unload('h');
   });
 
   it('refuses an adapter that does not fit, leaving the registry as it was', async () => {

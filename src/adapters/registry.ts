@@ -20,7 +20,12 @@ import { basename } from 'node:path';
 import type { GroupView, RoutingView } from '../engine/routing.js';
 import { MoeError } from '../errors.js';
 import { isPackError } from '../pack/errors.js';
-import { detectAdapterFormat, importAdapterFolder } from '../pack/import/index.js';
+import {
+  type BaseModelParts,
+  detectAdapterFormat,
+  importAdapterFolder,
+  readBaseModelParts,
+} from '../pack/import/index.js';
 import { loadAdapterFolder } from '../pack/import/moe-serve.js';
 import type { LayerAdapter } from '../pack/layer-adapter-types.js';
 import type { LoadedPack } from '../pack/load.js';
@@ -53,6 +58,11 @@ export interface AdapterInfo {
   readonly gated: boolean;
   /** Why the last load failed (state 'failed'). */
   readonly error: string | undefined;
+  /**
+   * What the load left out and the client should know, e.g. a PEFT classifier head that is not
+   * served because the adapter was loaded at run time. Empty for most adapters.
+   */
+  readonly notes: readonly string[];
 }
 
 /** Where adapters go: the engine (slots in every worker). */
@@ -84,6 +94,8 @@ interface Entry {
   readonly digest: string;
   readonly source: string;
   readonly loadedAt: Date;
+  /** AdapterInfo.notes. */
+  readonly notes: readonly string[];
 }
 
 interface Status {
@@ -117,6 +129,8 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
   private chain: Promise<unknown> = Promise.resolve();
   private host: AdapterHost | undefined;
   private routingView: RoutingView;
+  /** The backbone folder's parts a saved head reads; read on the first in-layer load. */
+  private baseParts: Promise<BaseModelParts> | undefined;
 
   constructor(
     private readonly pack: LoadedPack,
@@ -139,6 +153,7 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
           digest: digestOf(adapter),
           source: 'pack',
           loadedAt: now,
+          notes: [],
         });
       }
       this.served.set(group.id, entries);
@@ -190,6 +205,7 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
             ? false
             : this.gateColumn(this.groupIndex(attempted.group)!, id) !== undefined,
         error: status.error,
+        notes: [],
       });
     }
     return infos;
@@ -226,8 +242,9 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
         throw failure;
       };
       let adapter: SlotAdapter;
+      let notes: readonly string[];
       try {
-        adapter = await this.read(folder, options);
+        ({ adapter, notes } = await this.read(folder, options));
       } catch (error) {
         return fail(
           error instanceof MoeError
@@ -289,7 +306,7 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
       }
       this.served
         .get(adapter.group)!
-        .set(id, { adapter, digest, source: folder, loadedAt: new Date() });
+        .set(id, { adapter, digest, source: folder, loadedAt: new Date(), notes });
       this.status.delete(id);
       this.routingView = this.buildView();
       this.emit('loaded', {
@@ -370,7 +387,10 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
   // --- internals ----------------------------------------------------------------------------
 
   /** Read and check an adapter folder of any supported format (see `load`). */
-  private async read(folder: string, options: LoadAdapterOptions): Promise<SlotAdapter> {
+  private async read(
+    folder: string,
+    options: LoadAdapterOptions,
+  ): Promise<{ adapter: SlotAdapter; notes: readonly string[] }> {
     const format = await detectAdapterFormat(folder);
     if (format === 'moe-serve') {
       const adapter = await loadAdapterFolder(folder, {
@@ -378,7 +398,10 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
         groups: this.pack.groups.map((g) => g.id),
         ...(options.group === undefined ? {} : { group: options.group }),
       });
-      return options.id === undefined ? adapter : { ...adapter, id: options.id };
+      return {
+        adapter: options.id === undefined ? adapter : { ...adapter, id: options.id },
+        notes: [],
+      };
     }
     const backbone = this.pack.backbone;
     if (backbone.kind !== 'huggingface') {
@@ -400,14 +423,27 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
         { field: 'group', choices: candidates },
       );
     }
+    // The base model's parts a saved head reads (labels, BERT's pooler): the head is checked like
+    // one in the pack, then left out (see `notes`); read once, on the first in-layer load.
+    this.baseParts ??= readBaseModelParts(backbone.dir).catch((error: unknown) => {
+      this.baseParts = undefined; // a later load tries again
+      throw error;
+    });
     const imported = await importAdapterFolder(folder, {
       id: options.id ?? basename(folder),
       group,
       backbone: backbone.info.config,
       groups: this.pack.groups.map((g) => g.id),
+      base: await this.baseParts,
     });
-    const { head: _ignored, ...adapter } = imported.adapter as LayerAdapter;
-    return adapter as SlotAdapter;
+    const { head, ...adapter } = imported.adapter as LayerAdapter;
+    const notes =
+      head === undefined
+        ? []
+        : [
+            `The folder's classifier head (PEFT modules_to_save, ${head.labels.length} labels) is not served: heads are part of the pack graph, which loading never rebuilds. To serve it, add the adapter to the pack: npm run pack -- add-adapter --pack <pack> --group ${group} --adapter <folder>.`,
+          ];
+    return { adapter: adapter as SlotAdapter, notes };
   }
 
   private serialise<T>(work: () => Promise<T>): Promise<T> {
@@ -457,6 +493,7 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
       source: entry.source,
       gated: this.gateColumn(this.groupIndex(group)!, id) !== undefined,
       error: undefined,
+      notes: entry.notes,
     };
   }
 

@@ -248,5 +248,6 @@ function adapterJson(info: RegistryAdapter) {
     source: info.source,
     gated: info.gated,
     ...(info.error === undefined ? {} : { error: info.error }),
+    ...(info.notes.length === 0 ? {} : { notes: [...info.notes] }),
   };
 }

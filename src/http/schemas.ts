@@ -170,6 +170,12 @@ export const AdapterInfo = Type.Object({
   source: Type.String({ description: "'pack', or the folder it was loaded from." }),
   gated: Type.Boolean({ description: 'The gate scores it; false: reachable by pinning only.' }),
   error: Type.Optional(Type.String({ description: 'Why the last load failed (state failed).' })),
+  notes: Type.Optional(
+    Type.Array(Type.String(), {
+      description:
+        "What the load left out that the client should know, e.g. a PEFT classifier head that is not served because the adapter was loaded at run time (with what to do instead). Absent when there is nothing to say.",
+    }),
+  ),
 });
 
 export const AdapterList = Type.Object({
