@@ -173,7 +173,7 @@ export const AdapterInfo = Type.Object({
   notes: Type.Optional(
     Type.Array(Type.String(), {
       description:
-        "What the load left out that the client should know, e.g. a PEFT classifier head that is not served because the adapter was loaded at run time (with what to do instead). Absent when there is nothing to say.",
+        'What the load left out that the client should know, e.g. a PEFT classifier head that is not served because the adapter was loaded at run time (with what to do instead). Absent when there is nothing to say.',
     }),
   ),
 });
