@@ -4,7 +4,7 @@
  * the engine's business; the registry tells it what to hold (`AdapterHost`).
  *
  * Lifecycle of an adapter id: loading -> ready -> unloading -> (gone), or loading -> failed.
- * - Changes are applied one at a time (a promise chain): read and check the folder, check it fits
+ * - Changes are applied one at a time (a SerialQueue): read and check the folder, check it fits
  *   the group's slots, hand it to the engine (written into a slot in every worker: no graph is
  *   rebuilt, nothing is recompiled), then commit. Any failure leaves the served set as it was.
  * - Loading an id that is ready replaces it; the old weights serve until the new ones are in a
@@ -30,6 +30,7 @@ import { loadAdapterFolder } from '../pack/import/moe-serve.js';
 import type { LayerAdapter } from '../pack/layer-adapter-types.js';
 import type { LoadedPack } from '../pack/load.js';
 import { contentDigest } from '../util/digest.js';
+import { SerialQueue } from '../util/serial.js';
 import {
   kindOf,
   misfit,
@@ -126,7 +127,7 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
   /** Transient states (loading, unloading, failed); absent: ready if served. */
   private readonly status = new Map<string, Status>();
   private readonly groups: GroupInfo[];
-  private chain: Promise<unknown> = Promise.resolve();
+  private readonly serial = new SerialQueue();
   private host: AdapterHost | undefined;
   private routingView: RoutingView;
   /** The backbone folder's parts a saved head reads; read on the first in-layer load. */
@@ -235,7 +236,7 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
    * fix), ADAPTER_BUSY, ADAPTER_SLOTS_FULL, or an ENGINE_* error; the served set is then unchanged.
    */
   load(folder: string, options: LoadAdapterOptions = {}): Promise<AdapterInfo> {
-    return this.serialise(async () => {
+    return this.serial.run(async () => {
       const started = performance.now();
       const fail = (failure: MoeError, id: string): never => {
         this.emit('failed', { id, operation: 'load', seconds: since(started), error: failure });
@@ -324,7 +325,7 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
    * ADAPTER_BUSY, ADAPTER_IN_USE or ADAPTER_LAST_IN_GROUP.
    */
   unload(id: string): Promise<void> {
-    return this.serialise(async () => {
+    return this.serial.run(async () => {
       const started = performance.now();
       const group = this.groupOf(id);
       if (group === undefined) {
@@ -444,12 +445,6 @@ export class AdapterRegistry extends EventEmitter<RegistryEvents> {
             `The folder's classifier head (PEFT modules_to_save, ${head.labels.length} labels) is not served: heads are part of the pack graph, which loading never rebuilds. To serve it, add the adapter to the pack: npm run pack -- add-adapter --pack <pack> --group ${group} --adapter <folder>.`,
           ];
     return { adapter: adapter as SlotAdapter, notes };
-  }
-
-  private serialise<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(work);
-    this.chain = run.catch(() => undefined);
-    return run;
   }
 
   private buildView(): RoutingView {

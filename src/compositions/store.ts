@@ -18,6 +18,7 @@
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { MoeError } from '../errors.js';
+import { SerialQueue } from '../util/serial.js';
 import type { CompositionDefinition, Provenance, StoredComposition } from './composition.js';
 
 export interface PutResult {
@@ -78,7 +79,7 @@ interface CompositionsFile {
  */
 export class MemoryCompositionStore implements CompositionStore {
   protected snapshot = new Map<string, StoredComposition>();
-  private chain: Promise<unknown> = Promise.resolve();
+  private readonly serial = new SerialQueue();
 
   get(name: string): StoredComposition | undefined {
     return this.snapshot.get(name);
@@ -95,7 +96,7 @@ export class MemoryCompositionStore implements CompositionStore {
   async start(): Promise<void> {}
 
   put(definition: CompositionDefinition, provenance: Provenance): Promise<PutResult> {
-    return this.serialise(async () => {
+    return this.serial.run(async () => {
       const previous = this.snapshot.get(definition.name);
       const stored = nextVersion(definition, provenance, previous);
       const next = new Map(this.snapshot).set(stored.name, stored);
@@ -106,7 +107,7 @@ export class MemoryCompositionStore implements CompositionStore {
   }
 
   delete(name: string): Promise<StoredComposition | undefined> {
-    return this.serialise(async () => {
+    return this.serial.run(async () => {
       const previous = this.snapshot.get(name);
       if (previous === undefined) return undefined;
       const next = new Map(this.snapshot);
@@ -118,17 +119,11 @@ export class MemoryCompositionStore implements CompositionStore {
   }
 
   async close(): Promise<void> {
-    await this.chain;
+    await this.serial.idle();
   }
 
   /** Make `compositions` durable before they serve; throwing leaves everything as it was. */
   protected async persist(_compositions: ReadonlyMap<string, StoredComposition>): Promise<void> {}
-
-  private serialise<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(work);
-    this.chain = run.catch(() => undefined);
-    return run;
-  }
 }
 
 export class FileCompositionStore extends MemoryCompositionStore {

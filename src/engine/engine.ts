@@ -27,6 +27,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { SlotAdapter, SlotGroup } from '../adapters/slot-writer.js';
 import { MoeError } from '../errors.js';
+import { SerialQueue } from '../util/serial.js';
 import type { BankResidency, BankResidencySetting } from './bank-residency.js';
 import { decodeBatch, type EngineItemResult } from './decode.js';
 import type {
@@ -184,7 +185,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   private view: () => RoutingView;
   private nextBatchId = 1;
   private nextAck = 1;
-  private adapterChain: Promise<unknown> = Promise.resolve();
+  private readonly adapterChanges = new SerialQueue();
   private closing: Promise<void> | undefined;
   private restarts = 0;
   private providerInUse: ExecutionProvider | undefined;
@@ -319,7 +320,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     adapter: SlotAdapter,
     gateColumn: number | undefined,
   ): Promise<void> {
-    return this.serialise(async () => {
+    return this.adapterChanges.run(async () => {
       const table = this.tables[group]!;
       const sticky = gateColumn !== undefined;
       // A replacement overwrites its own slot: batches routed to the old weights are ahead of the
@@ -366,7 +367,7 @@ export class Engine extends EventEmitter<EngineEvents> {
    * done so (the slot is free everywhere).
    */
   removeAdapter(id: string): Promise<void> {
-    return this.serialise(async () => {
+    return this.adapterChanges.run(async () => {
       const cached = this.cache.get(id);
       if (cached === undefined) return;
       this.cache.delete(id);
@@ -392,12 +393,6 @@ export class Engine extends EventEmitter<EngineEvents> {
   }
 
   // --- slot writes --------------------------------------------------------------------------
-
-  private serialise<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.adapterChain.then(work);
-    this.adapterChain = run.catch(() => undefined);
-    return run;
-  }
 
   /** Post a write of `slot` to every live worker, without waiting. */
   private postWrite(

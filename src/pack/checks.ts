@@ -1,8 +1,8 @@
 /**
  * Checks shared by the pack's file readers: a safetensors file that must hold exactly the named
- * tensors, a tensor's shape, a JSON file. Each failure is a PackError naming file and field.
+ * tensors, and a tensor's shape. Each failure is a PackError naming file and field. (JSON files:
+ * readJsonFile in import/common.ts.)
  */
-import { readFile } from 'node:fs/promises';
 import { PackError } from './errors.js';
 import { readSafetensors, type SafeTensor } from './safetensors.js';
 
@@ -49,27 +49,4 @@ export function expectShape(
     );
   }
   return tensor;
-}
-
-export async function readJson(
-  file: string,
-  invalidCode: 'PACK_INVALID_MANIFEST' | 'PACK_INVALID_ADAPTER',
-): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'EISDIR' || code === 'ENOTDIR') {
-      throw new PackError('PACK_FILE_MISSING', file, '', 'file not found', { cause: error });
-    }
-    throw error;
-  }
-  try {
-    return JSON.parse(text);
-  } catch (error) {
-    throw new PackError(invalidCode, file, '', `is not valid JSON (${(error as Error).message})`, {
-      cause: error,
-    });
-  }
 }

@@ -11,11 +11,12 @@
 
 import { join } from 'node:path';
 import { type PackBackbone, resolveBackbone } from './backbone.js';
-import { expectShape, readJson, readTensors } from './checks.js';
+import { expectShape, readTensors } from './checks.js';
 import type { EncoderConfig, LinearModule } from './encoder-types.js';
 import { PackError } from './errors.js';
 import { checkVocabulary } from './hf-model.js';
 import { tokenizerVocabSize } from './hf-tokenizer.js';
+import { readJsonFile } from './import/common.js';
 import { type BaseModelParts, importAdapterFolder, readBaseModelParts } from './import/index.js';
 import { loadAdapterFolder } from './import/moe-serve.js';
 import type { LayerAdapter } from './layer-adapter-types.js';
@@ -92,7 +93,7 @@ export interface LoadedPack {
 export async function loadPack(dir: string): Promise<LoadedPack> {
   const manifestPath = join(dir, MANIFEST_FILE);
   const manifest = validateManifest(
-    await readJson(manifestPath, 'PACK_INVALID_MANIFEST'),
+    await readJsonFile(manifestPath, 'PACK_INVALID_MANIFEST'),
     manifestPath,
   );
   const m = manifestPath;

@@ -23,8 +23,9 @@ import type {
 import { type CompositionStore, nextVersion, type PutResult } from '../compositions/store.js';
 import { MoeError } from '../errors.js';
 import type { Logger } from '../util/log.js';
+import { SerialQueue } from '../util/serial.js';
 import type { QueueKeys } from './contract.js';
-import { connectRedis, isUp } from './redis.js';
+import { connectRedis, isUp, sharedStateUnavailable, whenReady } from './redis.js';
 
 export interface RedisCompositionStoreOptions {
   readonly redisUrl: string;
@@ -65,7 +66,7 @@ export class RedisCompositionStore implements CompositionStore {
   private queuedRefresh: Promise<void> | undefined;
   /** Changes made by this node; a refresh that overlaps one is not applied. */
   private changes = 0;
-  private chain: Promise<unknown> = Promise.resolve();
+  private readonly serial = new SerialQueue();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -108,7 +109,7 @@ export class RedisCompositionStore implements CompositionStore {
   }
 
   put(definition: CompositionDefinition, provenance: Provenance): Promise<PutResult> {
-    return this.serialise(async () => {
+    return this.serial.run(async () => {
       const { keys } = this.options;
       for (let attempt = 0; attempt < PUT_TRIES; attempt++) {
         const raw = await this.command(() => this.redis.hget(keys.compositions, definition.name));
@@ -139,7 +140,7 @@ export class RedisCompositionStore implements CompositionStore {
   }
 
   delete(name: string): Promise<StoredComposition | undefined> {
-    return this.serialise(async () => {
+    return this.serial.run(async () => {
       const { keys } = this.options;
       const raw = await this.command(() =>
         this.redis.eval(DELETE_SCRIPT, 2, keys.compositions, keys.compositionsChanged, name),
@@ -155,7 +156,7 @@ export class RedisCompositionStore implements CompositionStore {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
-    await this.chain;
+    await this.serial.idle();
     this.subscriber.disconnect();
     this.redis.disconnect();
   }
@@ -206,39 +207,11 @@ export class RedisCompositionStore implements CompositionStore {
   }
 
   private async command<T>(run: () => Promise<T>): Promise<T> {
-    if (!isUp(this.redis)) throw unavailable();
+    if (!isUp(this.redis)) throw sharedStateUnavailable('the compositions');
     try {
       return await run();
     } catch {
-      throw unavailable();
+      throw sharedStateUnavailable('the compositions');
     }
   }
-
-  private serialise<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(work);
-    this.chain = run.catch(() => undefined);
-    return run;
-  }
-}
-
-function unavailable(): MoeError {
-  return new MoeError(
-    'QUEUE_UNAVAILABLE',
-    'Redis, which holds the compositions in queue mode, cannot be reached; nothing was changed. Retry after a second.',
-    { retryAfterSeconds: 1 },
-  );
-}
-
-/** Resolves when `redis` is ready, or after `ms`. */
-function whenReady(redis: Redis, ms: number): Promise<void> {
-  if (isUp(redis)) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      redis.off('ready', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    redis.on('ready', done);
-  });
 }

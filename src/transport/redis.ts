@@ -9,6 +9,7 @@
  * fails at once instead of waiting for Redis to return.
  */
 import { Redis } from 'ioredis';
+import { MoeError } from '../errors.js';
 
 export interface ConnectOptions {
   /** Connection name shown by CLIENT LIST. */
@@ -48,6 +49,32 @@ export function connectRedis(url: string, options: ConnectOptions): Redis {
 /** True while the connection can take commands. */
 export function isUp(redis: Redis): boolean {
   return redis.status === 'ready';
+}
+
+/** Resolves when `redis` is ready, or after `ms`. */
+export function whenReady(redis: Redis, ms: number): Promise<void> {
+  if (isUp(redis)) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      redis.off('ready', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    redis.on('ready', done);
+  });
+}
+
+/**
+ * 503 QUEUE_UNAVAILABLE for a change of shared state that Redis holds in queue mode (`what`: the
+ * adapter registry, the compositions): nothing was changed.
+ */
+export function sharedStateUnavailable(what: string): MoeError {
+  return new MoeError(
+    'QUEUE_UNAVAILABLE',
+    `Redis, which holds ${what} in queue mode, cannot be reached; nothing was changed. Retry after a second.`,
+    { retryAfterSeconds: 1 },
+  );
 }
 
 /** `promise`, or `onTimeout()` thrown after `ms`. */

@@ -33,8 +33,9 @@ import type { AdapterInfo } from '../adapters/registry.js';
 import { type ErrorCode, MoeError } from '../errors.js';
 import type { LoadedPack } from '../pack/load.js';
 import type { Logger } from '../util/log.js';
+import { SerialQueue } from '../util/serial.js';
 import type { QueueKeys } from './contract.js';
-import { connectRedis, isUp } from './redis.js';
+import { connectRedis, isUp, sharedStateUnavailable, whenReady } from './redis.js';
 
 /** One served adapter id, as the cluster state records it. */
 export interface RegistryEntry {
@@ -122,7 +123,7 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
   private appliedVersion = 0;
   /** Why the last state read could not be applied in full; undefined: in sync. */
   private failure: { version: number; error: MoeError } | undefined;
-  private chain: Promise<unknown> = Promise.resolve();
+  private readonly serial = new SerialQueue();
   private queuedRefresh: Promise<void> | undefined;
   private readonly timers: NodeJS.Timeout[] = [];
   private closed = false;
@@ -207,7 +208,7 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
 
   /** Read the state and converge on it (coalesced: one queued refresh at a time). */
   refresh(): Promise<void> {
-    this.queuedRefresh ??= this.serialise(async () => {
+    this.queuedRefresh ??= this.serial.run(async () => {
       this.queuedRefresh = undefined;
       if (this.closed || !isUp(this.options.redis)) return;
       let state: RegistryState;
@@ -232,7 +233,7 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
   change<T>(
     apply: (current: readonly RegistryEntry[], version: number) => Promise<ChangeOutcome<T>>,
   ): Promise<T> {
-    return this.serialise(async () => {
+    return this.serial.run(async () => {
       const token = randomBytes(12).toString('hex');
       await this.lock(token);
       try {
@@ -248,7 +249,7 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
         if (committed !== true) {
           await this.converge(state); // put this registry back: the state did not change
           throw committed === undefined
-            ? unavailable()
+            ? sharedStateUnavailable('the adapter registry')
             : new MoeError(
                 'ADAPTER_BUSY',
                 'The adapter registry changed while this change was applied; retry it.',
@@ -266,7 +267,7 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
         }
         return result;
       } catch (error) {
-        throw isRedisFailure(error) ? unavailable() : error;
+        throw isRedisFailure(error) ? sharedStateUnavailable('the adapter registry') : error;
       } finally {
         await this.options.redis
           .eval(UNLOCK_SCRIPT, 1, this.options.keys.registryLock, token)
@@ -434,7 +435,7 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
     const limit = performance.now() + syncTimeoutMs;
     for (;;) {
       const taken = await redis.set(keys.registryLock, token, 'PX', holdMs, 'NX').catch(() => {
-        throw unavailable();
+        throw sharedStateUnavailable('the adapter registry');
       });
       if (taken === 'OK') return;
       if (performance.now() > limit) {
@@ -513,12 +514,6 @@ export class RegistrySync extends EventEmitter<RegistrySyncEvents> {
       .exec()
       .catch(() => undefined);
   }
-
-  private serialise<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(work);
-    this.chain = run.catch(() => undefined);
-    return run;
-  }
 }
 
 /** The pack's own adapters, as entries of version 0. */
@@ -553,28 +548,6 @@ function isRedisFailure(error: unknown): boolean {
         error.message,
       ))
   );
-}
-
-function unavailable(): MoeError {
-  return new MoeError(
-    'QUEUE_UNAVAILABLE',
-    'Redis, which holds the adapter registry in queue mode, cannot be reached; nothing was changed. Retry after a second.',
-    { retryAfterSeconds: 1 },
-  );
-}
-
-/** Resolves when `redis` is ready, or after `ms`. */
-function whenReady(redis: Redis, ms: number): Promise<void> {
-  if (isUp(redis)) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      redis.off('ready', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    redis.on('ready', done);
-  });
 }
 
 function sleep(ms: number): Promise<void> {

@@ -4,7 +4,7 @@
  */
 import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { expectShape, readJson, readTensors } from '../checks.js';
+import { expectShape, readTensors } from '../checks.js';
 import { PackError } from '../errors.js';
 import {
   ADAPTER_CONFIG_FILE,
@@ -16,6 +16,7 @@ import {
 } from '../manifest.js';
 import { writeSafetensors } from '../safetensors.js';
 import type { BottleneckAdapter } from '../types.js';
+import { readJsonFile } from './common.js';
 
 export interface AdapterExpectations {
   /** The backbone's hidden size; the adapter's must equal it. */
@@ -43,7 +44,7 @@ export async function loadAdapterFolder(
     throw new PackError('PACK_FILE_MISSING', dir, '', 'adapter folder not found');
   }
   const config: AdapterConfig = validateAdapterConfig(
-    await readJson(configPath, 'PACK_INVALID_ADAPTER'),
+    await readJsonFile(configPath, 'PACK_INVALID_ADAPTER'),
     configPath,
   );
   if (expect.id !== undefined && config.id !== expect.id) {
