@@ -22,7 +22,7 @@
  * The nodes are added to `g`; the weights become initializers named `${prefix}.*` and the nodes
  * `${prefix}_*` (prefix default 'token_bag'), so one graph can hold several of these gates. Nothing
  * is declared as a graph input or output: the caller owns the inputs (they are shared with the
- * backbone) and decides what the logits feed (bias + top-k in the mixture graph). Needs opset >= 13.
+ * backbone) and decides what the logits feed (bias + top-k in the pack graph). Needs opset >= 13.
  *
  * Cost: two Gathers of [B,T,w] rows and two [B,1,T] x [B,T,w] MatMuls (one of each without
  * bigrams). Measured by bench/token-bag.ts at the demo's shapes (B=32, T<=64): the gate adds about

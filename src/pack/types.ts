@@ -91,7 +91,7 @@ export interface HeadHidden {
 
 /**
  * A task head:
- *   pooled = pool(final hidden state)       by the head's `pooling`, else the pack's (MixtureSpec)
+ *   pooled = pool(final hidden state)       by the head's `pooling`, else the pack's
  *   x      = hidden ? act(pooled @ hidden.weight + hidden.bias) : pooled
  *   logits = x @ weight + bias
  * Without `pooling` and `hidden` this is the pack format's linear head over the pack's pooling.
@@ -110,15 +110,6 @@ export interface Head {
   readonly bias: Weight; // [L]
 }
 
-/** One adapter group as the mixture compiler sees it: its bank, in bank order, and its gate. */
-export interface MixtureGroup {
-  readonly id: string;
-  /** Bank order: column/row e of every banked tensor belongs to adapters[e]. */
-  readonly adapters: readonly BottleneckAdapter[];
-  /** null: the group is routed by the request only (its gate logits are all zero). */
-  readonly gate: Gate | null;
-}
-
 /** sentence-transformers' Pooling modes this server runs. */
 export const POOLING_MODES = ['mean', 'cls', 'max'] as const;
 export type PoolingMode = (typeof POOLING_MODES)[number];
@@ -131,13 +122,6 @@ export type PoolingMode = (typeof POOLING_MODES)[number];
 export interface Pooling {
   readonly mode: PoolingMode;
   readonly normalize: boolean;
-}
-
-/** A snapshot of the registry: everything the mixture graph is compiled from. */
-export interface MixtureSpec {
-  readonly hiddenSize: number;
-  readonly groups: readonly MixtureGroup[];
-  readonly heads: readonly Head[];
 }
 
 /**
