@@ -36,6 +36,7 @@ import { type LoadedPack, loadPack } from '../pack/load.js';
 import { ID_PATTERN, MANIFEST_FILE, type Manifest } from '../pack/manifest.js';
 import { writeSafetensors } from '../pack/safetensors.js';
 import { Random } from '../util/random.js';
+import { readTextLines } from './labelled-text.js';
 
 export interface AddHeadOptions {
   /** The pack folder. */
@@ -125,17 +126,10 @@ export async function readLabelledFolders(
   const texts: string[][] = [];
   for (const label of labels) {
     const folder = join(dir, label);
-    const files = (await readdir(folder)).filter((f) => f.endsWith('.txt')).sort();
-    const lines: string[] = [];
-    for (const file of files) {
-      for (const line of (await readFile(join(folder, file), 'utf8')).split(/\r?\n/)) {
-        const text = line.trim();
-        if (text.length > 0) lines.push(text);
-      }
-    }
+    const { files, lines } = await readTextLines(folder);
     if (lines.length === 0) {
       throw new Error(
-        `${folder}: no examples for label '${label}' (${files.length === 0 ? 'no .txt files' : 'only blank lines'}); every label folder needs .txt files, one example per line`,
+        `${folder}: no examples for label '${label}' (${files === 0 ? 'no .txt files' : 'only blank lines'}); every label folder needs .txt files, one example per line`,
       );
     }
     texts.push(lines);

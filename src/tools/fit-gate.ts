@@ -31,6 +31,7 @@ import { checkTokenizerFitsGates, loadPack } from '../pack/load.js';
 import { MANIFEST_FILE, type Manifest } from '../pack/manifest.js';
 import { writeSafetensors } from '../pack/safetensors.js';
 import { Random } from '../util/random.js';
+import { readTextLines } from './labelled-text.js';
 
 export interface FitGateOptions {
   readonly pack: string;
@@ -65,19 +66,6 @@ export interface FitGateResult {
 }
 
 const CROP = { min: 2, max: 8 };
-
-/** Lines of every .txt file in `dir` (sorted by name), trimmed, blank ones dropped. */
-async function readLines(dir: string): Promise<string[]> {
-  const files = (await readdir(dir)).filter((f) => f.endsWith('.txt')).sort();
-  const lines: string[] = [];
-  for (const file of files) {
-    for (const line of (await readFile(join(dir, file), 'utf8')).split(/\r?\n/)) {
-      const text = line.trim();
-      if (text.length > 0) lines.push(text);
-    }
-  }
-  return lines;
-}
 
 /** A random run of CROP.min..CROP.max whitespace-separated words of `text` (all of it if short). */
 function crop(text: string, rng: Random): string {
@@ -134,7 +122,7 @@ export async function fitTokenBagGate(options: FitGateOptions): Promise<FitGateR
   const encode = async (text: string) => (await tokenizer.encode(text, 'truncate')).ids;
   for (const [label, id] of experts.entries()) {
     const dir = join(options.data, id);
-    const texts = folders.includes(id) ? await readLines(dir) : [];
+    const texts = folders.includes(id) ? (await readTextLines(dir)).lines : [];
     if (texts.length === 0) {
       throw new Error(
         `${dir}: no examples for adapter '${id}'; every adapter of group '${group.id}' needs a folder of .txt files, one example per line`,
